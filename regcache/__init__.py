@@ -1,0 +1,3 @@
+"""regcache: a pull-through, multi-registry image cache for containerd."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Blob and manifest services: cache lookups, single-flight downloads, what may be stored."""

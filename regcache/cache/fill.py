@@ -1,0 +1,215 @@
+"""One upstream download into a staging file, shared by every client that asks for the object.
+
+A fill runs as its own task: clients are only its readers, so a client that disconnects never
+cancels it, and a slow client never slows it (each reader tails the staging file at its own pace,
+holding one chunk in memory). The last byte is held back from readers until size and digest are
+verified, so a bad download can never look complete to a client; it is then committed to the
+store and leaves the in-flight map.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from tornado.httputil import HTTPHeaders
+
+from regcache import metrics
+from regcache.errors import DigestMismatch, RegcacheError, SizeMismatch, UpstreamError
+from regcache.oci.digest import Digest
+from regcache.storage.staging import StagingFile
+from regcache.upstream.client import UpstreamResponse
+
+log = logging.getLogger(__name__)
+
+# Bytes withheld from readers until the download verifies.
+HOLDBACK = 1
+
+
+@dataclass(frozen=True)
+class FillHead:
+    """The upstream's final answer, known before the body: what the client is told first."""
+
+    response: UpstreamResponse
+    size: int | None
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.response.status < 300
+
+
+class Fill:
+    """Downloads one object; implements the upstream client's Sink."""
+
+    def __init__(self, key: str, registry: str, expected: Digest | None, staging: StagingFile) -> None:
+        self.key = key
+        self.registry = registry
+        self.expected = expected
+        self.staging = staging
+        self.head: asyncio.Future[FillHead] = asyncio.get_running_loop().create_future()
+        self.size: int | None = None
+        self.written = 0
+        self.verified = False
+        self.committed = False
+        self.error: RegcacheError | None = None
+        self.readers = 0
+        self._waiters: list[asyncio.Future[None]] = []
+
+    # --- Sink ---------------------------------------------------------------------------------
+    def on_headers(self, status: int, headers: HTTPHeaders) -> bool:
+        length = headers.get("Content-Length")
+        self.size = int(length) if length and length.isdigit() else None
+        self.head.set_result(FillHead(UpstreamResponse(status, headers), self.size))
+        return True
+
+    def on_chunk(self, chunk: bytes) -> None:
+        if self.error is not None:
+            return
+        try:
+            self.staging.append(chunk)
+        except OSError as exc:
+            metrics.STORAGE_ERRORS.labels("staging", "write").inc()
+            self._fail(UpstreamError(self.registry, f"cannot stage download: {exc.strerror}"))
+            return
+        self.written = self.staging.size
+        self._wake()
+
+    # --- the task -----------------------------------------------------------------------------
+    async def run(
+        self,
+        fetch: Callable[[Fill], Awaitable[UpstreamResponse]],
+        commit: Callable[[StagingFile], Awaitable[bool]] | None,
+    ) -> None:
+        started = time.monotonic()
+        metrics.FILLS_IN_FLIGHT.inc()
+        try:
+            try:
+                response = await fetch(self)
+            except UpstreamError as exc:
+                self._fail(exc)
+                return
+            if not self.head.done():
+                # Not a 2xx: the client gets the upstream's answer as it is; nothing is stored.
+                self.head.set_result(FillHead(response, len(response.body)))
+                return
+            if self.error is not None:
+                return
+            self._verify()
+            if self.error is not None:
+                return
+            self.verified = True
+            self._wake()
+            if commit is not None:
+                self.committed = await commit(self.staging)
+            log.info(
+                "fill %s from %s: %d bytes in %.2fs%s",
+                self.key,
+                self.registry,
+                self.written,
+                time.monotonic() - started,
+                "" if commit is None or self.committed else " (not stored)",
+            )
+        except Exception as exc:  # a task boundary: log, count, and fail the readers cleanly
+            log.exception("fill %s from %s failed", self.key, self.registry)
+            self._fail(UpstreamError(self.registry, f"internal error: {exc}"))
+        finally:
+            metrics.FILLS_IN_FLIGHT.dec()
+            if self.committed:
+                self.staging.close()
+            else:
+                self.staging.discard()
+
+    def _verify(self) -> None:
+        if self.size is not None and self.written != self.size:
+            metrics.VERIFICATION_FAILURES.labels(self.registry, "size").inc()
+            self._fail(SizeMismatch(self.registry, self.size, self.written))
+            return
+        if self.expected is not None and self.expected.verifiable:
+            actual = self.staging.digest()
+            if actual != self.expected:
+                metrics.VERIFICATION_FAILURES.labels(self.registry, "digest").inc()
+                self._fail(DigestMismatch(self.registry, str(self.expected), str(actual)))
+
+    def _fail(self, error: RegcacheError) -> None:
+        if self.error is None:
+            self.error = error
+            log.warning("fill %s: %s; nothing stored", self.key, error)
+        if not self.head.done():
+            self.head.set_exception(error)
+            self.head.exception()  # retrieved here; readers re-raise it
+        self._wake()
+
+    def _wake(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    # --- readers ------------------------------------------------------------------------------
+    def attach(self) -> int:
+        """A reader's own descriptor on the staging file; call while the fill is in the map."""
+        self.readers += 1
+        return self.staging.dup()
+
+    def detach(self, fd: int) -> None:
+        self.readers -= 1
+        os.close(fd)
+
+    async def readable(self, offset: int) -> int:
+        """How far a reader at `offset` may read; waits for more bytes, raises if the fill failed.
+
+        Returns `offset` itself only at the verified end of the object.
+        """
+        while True:
+            if self.error is not None:
+                raise self.error
+            if self.verified:
+                return self.written
+            limit = max(0, self.written - HOLDBACK)
+            if limit > offset:
+                return limit
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            await waiter
+
+
+class FillMap:
+    """The single-flight map: at most one fill per key at a time."""
+
+    def __init__(self) -> None:
+        self._fills: dict[str, Fill] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def get(self, key: str) -> Fill | None:
+        return self._fills.get(key)
+
+    def start(
+        self,
+        fill: Fill,
+        fetch: Callable[[Fill], Awaitable[UpstreamResponse]],
+        commit: Callable[[StagingFile], Awaitable[bool]] | None,
+    ) -> None:
+        self._fills[fill.key] = fill
+
+        async def run() -> None:
+            try:
+                await fill.run(fetch, commit)
+            finally:
+                if self._fills.get(fill.key) is fill:
+                    del self._fills[fill.key]
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def __len__(self) -> int:
+        return len(self._fills)
+
+    async def drain(self, timeout: float) -> None:
+        """Wait (bounded) for fills in flight, at shutdown."""
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=timeout)

@@ -1,0 +1,155 @@
+"""Command line, config file and environment → Settings; logging; serve.
+
+Every option is also a key of the YAML file given with -c (keys are the long names) and an
+environment variable REGCACHE_<LONG_NAME>; the command line wins over the environment, which
+wins over the file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+import configargparse
+
+from regcache import __version__
+from regcache.config import (
+    LOG_LEVELS,
+    CredentialStore,
+    Settings,
+    load_creds_file,
+    parse_bool,
+    parse_skip_tags,
+    parse_upstreams,
+)
+from regcache.errors import BadRequest, ConfigError
+from regcache.oci.reference import parse_registry
+
+log = logging.getLogger("regcache")
+
+
+def build_parser() -> configargparse.ArgumentParser:
+    parser = configargparse.ArgumentParser(
+        prog="regcache",
+        description="A pull-through, multi-registry image cache for containerd.",
+        config_file_parser_class=configargparse.YAMLConfigFileParser,
+        auto_env_var_prefix="REGCACHE_",
+        args_for_setting_config_path=["-c", "--config"],
+        config_arg_help_message="YAML config file; keys are the long option names",
+        formatter_class=configargparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("-b", "--bucket", help="S3 bucket shared by replicas (S3 tier)")
+    parser.add_argument("-d", "--cache-dir", default="/tmp/data", help="local cache directory")
+    parser.add_argument("-m", "--cache-manifests", default="true", help="cache manifests: yes/no/true/false")
+    parser.add_argument(
+        "-f", "--creds-file", help="YAML file of upstream credentials: <registry>[/<prefix>]: {username, password}"
+    )
+    parser.add_argument("-l", "--log-level", default="info", choices=LOG_LEVELS, help="log level")
+    parser.add_argument("-p", "--port", default=3000, type=int, help="port to listen on")
+    parser.add_argument("--host", default="0.0.0.0", help="address to listen on")
+    parser.add_argument(
+        "--private-registry",
+        action="append",
+        default=[],
+        metavar="REGISTRY",
+        help="registry whose manifests are never cached (repeatable; blobs still are)",
+    )
+    parser.add_argument(
+        "-t",
+        "--skip-tags",
+        default="latest",
+        help="regex searched in the tag: matching tags are always fetched and never stored ('' for none)",
+    )
+    parser.add_argument(
+        "--upstream",
+        action="append",
+        default=[],
+        metavar="NS=URL",
+        help="endpoint for a registry name (repeatable); built in: docker.io=https://registry-1.docker.io; any other X means https://X",
+    )
+    parser.add_argument(
+        "--upstream-ca", metavar="FILE", help="extra PEM CA bundle trusted for upstream TLS, besides the system's"
+    )
+    parser.add_argument(
+        "--upstream-idle-timeout",
+        default=60.0,
+        type=float,
+        metavar="SECONDS",
+        help="abort an upstream download that sends no byte for this long",
+    )
+    parser.add_argument("-v", "--version", action="version", version=f"regcache {__version__}")
+    return parser
+
+
+def settings_from_args(args: configargparse.Namespace) -> Settings:
+    """Validate everything before anything starts; ConfigError names the culprit."""
+    if args.bucket:
+        raise ConfigError(
+            f"--bucket {args.bucket}: the S3 tier is not available in this version; run without --bucket (local disk only)"
+        )
+    if not 0 < args.port < 65536:
+        raise ConfigError(f"--port {args.port}: must be 1-65535")
+    if args.upstream_idle_timeout <= 0:
+        raise ConfigError(f"--upstream-idle-timeout {args.upstream_idle_timeout}: must be positive")
+    private = set()
+    for name in args.private_registry:
+        try:
+            private.add(parse_registry(name.strip()))
+        except BadRequest:
+            raise ConfigError(f"--private-registry {name!r}: not a registry host[:port]") from None
+    upstream_ca = None
+    if args.upstream_ca:
+        upstream_ca = Path(args.upstream_ca)
+        try:
+            text = upstream_ca.read_text()
+        except OSError as exc:
+            raise ConfigError(f"--upstream-ca {upstream_ca}: cannot read: {exc.strerror}") from None
+        if "BEGIN CERTIFICATE" not in text:
+            raise ConfigError(f"--upstream-ca {upstream_ca}: no PEM certificate in it")
+    return Settings(
+        host=args.host,
+        port=args.port,
+        cache_dir=Path(args.cache_dir),
+        cache_manifests=parse_bool("--cache-manifests", args.cache_manifests),
+        skip_tags=parse_skip_tags(args.skip_tags),
+        private_registries=frozenset(private),
+        upstreams=parse_upstreams(args.upstream),
+        upstream_ca=upstream_ca,
+        creds=load_creds_file(Path(args.creds_file)) if args.creds_file else CredentialStore(),
+        log_level=args.log_level,
+        bucket=args.bucket,
+        upstream_idle_timeout=args.upstream_idle_timeout,
+    )
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # Tornado's own access log would repeat ours.
+    logging.getLogger("tornado.access").setLevel(logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = settings_from_args(args)
+        settings.cache_dir.mkdir(parents=True, exist_ok=True)
+    except ConfigError as exc:
+        parser.exit(2, f"regcache: error: {exc}\n")
+    except OSError as exc:
+        parser.exit(2, f"regcache: error: --cache-dir {args.cache_dir}: {exc.strerror}\n")
+    configure_logging(settings.log_level)
+    from regcache.web.app import serve
+
+    try:
+        asyncio.run(serve(settings))
+    except OSError as exc:
+        log.error("cannot serve on %s:%d: %s", settings.host, settings.port, exc.strerror or exc)
+        return 1
+    return 0

@@ -1,0 +1,68 @@
+"""Domain errors, raised below `web/` and mapped to HTTP answers in one table there.
+
+Each carries what the client needs to hear (an OCI error code and a message that names the
+problem); none carries a credential.
+"""
+
+from __future__ import annotations
+
+
+class RegcacheError(Exception):
+    """Base of every error regcache raises on purpose."""
+
+
+class ConfigError(RegcacheError):
+    """A setting, option or file that stops start-up; the message names it."""
+
+
+class BadRequest(RegcacheError):
+    """The client's request cannot be understood (bad name, reference, digest, range, ns)."""
+
+    def __init__(self, code: str, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = status
+
+
+class UpstreamError(RegcacheError):
+    """The upstream registry could not be reached or broke off mid-answer."""
+
+    def __init__(self, registry: str, message: str) -> None:
+        super().__init__(f"upstream {registry}: {message}")
+        self.registry = registry
+        self.message = message
+
+
+class DigestMismatch(RegcacheError):
+    """Bytes from upstream did not hash to the digest they were asked for (or announced)."""
+
+    def __init__(self, registry: str, expected: str, actual: str) -> None:
+        super().__init__(f"upstream {registry}: content digest {actual} does not match {expected}")
+        self.registry = registry
+        self.expected = expected
+        self.actual = actual
+
+
+class SizeMismatch(RegcacheError):
+    """The upstream sent fewer or more bytes than its Content-Length announced."""
+
+    def __init__(self, registry: str, expected: int, actual: int) -> None:
+        super().__init__(f"upstream {registry}: got {actual} bytes, announced {expected}")
+        self.registry = registry
+        self.expected = expected
+        self.actual = actual
+
+
+class ManifestTooLarge(RegcacheError):
+    """A manifest over the distribution spec's 4 MiB limit."""
+
+    def __init__(self, registry: str, size: int, limit: int) -> None:
+        super().__init__(f"upstream {registry}: manifest of {size} bytes exceeds {limit}")
+        self.registry = registry
+        self.size = size
+        self.limit = limit
+
+
+class StorageError(RegcacheError):
+    """A tier failed to read or write; pulls go on without it."""

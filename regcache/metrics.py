@@ -1,0 +1,67 @@
+"""Every Prometheus metric regcache exports, in one place.
+
+`containerd_cache_total` keeps the name and labels dashboards of the original tool already use;
+everything else is under `regcache_`.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+CACHE_RESULTS = Counter(
+    "containerd_cache",
+    "Manifest and blob requests by cache result: hit (served from cache), miss (fetched and "
+    "saved), skip (fetched, not saved: skip-tags, cache-manifests=no, private registry, non-2xx).",
+    ["result"],
+)
+for _result in ("hit", "miss", "skip"):
+    CACHE_RESULTS.labels(_result)
+
+REQUESTS = Counter(
+    "regcache_requests",
+    "Client requests answered, by kind (manifest, blob, other), method and status code.",
+    ["kind", "method", "status"],
+)
+SERVED_BYTES = Counter(
+    "regcache_served_bytes",
+    "Body bytes sent to clients, by where they came from (disk: a cache hit; upstream: a "
+    "download in flight or a pass-through).",
+    ["source"],
+)
+for _source in ("disk", "upstream"):
+    SERVED_BYTES.labels(_source)
+
+UPSTREAM_REQUESTS = Counter(
+    "regcache_upstream_requests",
+    "Requests sent to upstream registries, by registry and status (or 'error' when no answer).",
+    ["registry", "status"],
+)
+UPSTREAM_BYTES = Counter(
+    "regcache_upstream_bytes",
+    "Body bytes received from upstream registries.",
+    ["registry"],
+)
+UPSTREAM_LATENCY = Histogram(
+    "regcache_upstream_response_seconds",
+    "Time from sending an upstream request to receiving its response headers.",
+    ["registry"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+FILLS_IN_FLIGHT = Gauge(
+    "regcache_fills_in_flight",
+    "Upstream downloads into the cache running now.",
+)
+FILL_JOINS = Counter(
+    "regcache_fill_joins",
+    "Clients that joined a download already in flight instead of starting their own.",
+)
+VERIFICATION_FAILURES = Counter(
+    "regcache_verification_failures",
+    "Upstream content refused because its digest or size was wrong (nothing was stored).",
+    ["registry", "reason"],
+)
+STORAGE_ERRORS = Counter(
+    "regcache_storage_errors",
+    "Failures of regcache's own storage, by tier and operation.",
+    ["tier", "op"],
+)

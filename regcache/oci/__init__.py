@@ -1,0 +1,1 @@
+"""Pure OCI vocabulary: digests, repository names, references, media types. No I/O."""

@@ -1,0 +1,1 @@
+"""Storage tiers: where verified objects live. Knows nothing of HTTP."""

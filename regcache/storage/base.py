@@ -1,0 +1,82 @@
+"""The key layout shared by every tier, and the Protocol a tier implements.
+
+```
+blobs/sha256/ab/abcdef…                 blob bytes
+manifests/sha256/ab/abcdef…             manifest bytes
+manifests/sha256/ab/abcdef….json        {"media_type": …, "size": …}
+tags/<registry>/<repository>/<tag>.json {"digest": …, "media_type": …, "size": …, "fetched_at": …}
+staging/…                               in-flight downloads (disk only; emptied at start-up)
+```
+Every name in a key was validated by `oci.reference` (no "..", no leading dot), so a key is a
+relative path that stays inside the tier.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Protocol
+
+from regcache.oci.digest import Digest
+
+
+def blob_key(digest: Digest) -> str:
+    return f"blobs/{digest.algorithm}/{digest.encoded[:2]}/{digest.encoded}"
+
+
+def manifest_key(digest: Digest) -> str:
+    return f"manifests/{digest.algorithm}/{digest.encoded[:2]}/{digest.encoded}"
+
+
+def manifest_meta_key(digest: Digest) -> str:
+    return manifest_key(digest) + ".json"
+
+
+def tag_key(registry: str, repo: str, tag: str) -> str:
+    return f"tags/{registry}/{repo}/{tag}.json"
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+
+
+class ObjectReader(Protocol):
+    """An open stored object. Reads are positional so several clients can share nothing."""
+
+    size: int
+
+    def read(self, offset: int, length: int) -> bytes: ...
+
+    def close(self) -> None: ...
+
+
+class StagedObject(Protocol):
+    """A fully written, verified staging file that a tier can make visible under a key."""
+
+    path: str
+    size: int
+
+
+class Tier(Protocol):
+    """A place that holds objects by key; content is visible only once committed whole."""
+
+    name: str
+
+    async def stat(self, key: str) -> ObjectInfo | None: ...
+
+    async def open(self, key: str) -> ObjectReader | None:
+        """The object, or None if it is not there (or vanished since a stat)."""
+
+    async def read_small(self, key: str) -> bytes | None: ...
+
+    async def put_small(self, key: str, data: bytes) -> None:
+        """Atomically store a small object (a manifest, its metadata, a tag pointer)."""
+
+    async def commit(self, key: str, staged: StagedObject) -> None:
+        """Make a verified staging file visible under a key, atomically."""
+
+    async def delete(self, key: str) -> None: ...
+
+    def keys(self, prefix: str) -> AsyncIterator[str]: ...

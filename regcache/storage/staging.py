@@ -1,0 +1,71 @@
+"""Hash-through staging files: a download lands here, hashed as it is written, and is committed
+to a tier only after its digest checks out.
+
+Readers share the file through positional reads on their own duplicate of the descriptor, so a
+rename at commit or an unlink after a failure never pulls bytes from under them mid-read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+from regcache.oci.digest import Digest
+
+STAGING_DIR = "staging"
+
+
+class StagingFile:
+    """An append-only file being filled from upstream, with its running sha256."""
+
+    def __init__(self, root: Path) -> None:
+        directory = root / STAGING_DIR
+        directory.mkdir(parents=True, exist_ok=True)
+        self.path = str(directory / uuid.uuid4().hex)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        self.size = 0
+        self._hash = hashlib.sha256()
+
+    def append(self, chunk: bytes) -> None:
+        view = memoryview(chunk)
+        while view:
+            written = os.write(self.fd, view)
+            view = view[written:]
+        self._hash.update(chunk)
+        self.size += len(chunk)
+
+    def digest(self) -> Digest:
+        return Digest("sha256", self._hash.hexdigest())
+
+    def sync(self) -> None:
+        os.fdatasync(self.fd)
+
+    def dup(self) -> int:
+        """A descriptor of the reader's own, valid after the staging file is renamed or removed."""
+        return os.dup(self.fd)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def discard(self) -> None:
+        self.close()
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+
+def clear_staging(root: Path) -> int:
+    """Remove leftovers of downloads a crash interrupted; returns how many there were."""
+    directory = root / STAGING_DIR
+    if not directory.exists():
+        return 0
+    count = sum(1 for _ in directory.iterdir())
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True, exist_ok=True)
+    return count

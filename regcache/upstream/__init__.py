@@ -1,0 +1,1 @@
+"""Talking to upstream registries: the one HTTP client, authentication, redirects, proxies."""

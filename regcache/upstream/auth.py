@@ -1,0 +1,170 @@
+"""Upstream authentication: WWW-Authenticate parsing, Basic and Bearer token flows, token cache.
+
+Credentials reach only their registry and the token realm that registry names; tokens are cached
+per registry and repository until shortly before they expire, and concurrent requests for the
+same scope share one token fetch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import re
+import time
+import urllib.parse
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+
+from regcache.config import Credentials, CredentialStore
+
+log = logging.getLogger(__name__)
+
+# RFC 7235: challenges are a scheme followed by comma-separated auth-params.
+_TOKEN = r"[A-Za-z0-9!#$%&'*+.^_`|~-]+"
+_QUOTED = r'"(?:[^"\\]|\\.)*"'
+_ITEM_RE = re.compile(rf"\s*(?:({_TOKEN})\s*=\s*({_QUOTED}|{_TOKEN}|)|({_TOKEN}))\s*,?")
+TOKEN_EXPIRY_MARGIN = 10.0
+DEFAULT_TOKEN_LIFETIME = 60.0
+
+
+@dataclass(frozen=True)
+class Challenge:
+    scheme: str
+    params: Mapping[str, str]
+
+
+def parse_www_authenticate(value: str) -> list[Challenge]:
+    """Parse one WWW-Authenticate value into its challenges; garbage ends the parse, never raises."""
+    challenges: list[tuple[str, dict[str, str]]] = []
+    pos = 0
+    while pos < len(value):
+        match = _ITEM_RE.match(value, pos)
+        if not match or match.end() == pos:
+            break
+        pos = match.end()
+        name, raw, scheme = match.groups()
+        if scheme is not None:
+            challenges.append((scheme.lower(), {}))
+        elif challenges:
+            if raw.startswith('"'):
+                raw = re.sub(r"\\(.)", r"\1", raw[1:-1])
+            challenges[-1][1][name.lower()] = raw
+    return [Challenge(scheme, params) for scheme, params in challenges]
+
+
+def basic_header(creds: Credentials) -> str:
+    raw = f"{creds.username}:{creds.password}".encode()
+    return "Basic " + base64.b64encode(raw).decode("ascii")
+
+
+@dataclass(frozen=True)
+class TokenRequest:
+    """What the token realm is asked: sent with Basic credentials, never to anyone else."""
+
+    url: str
+    authorization: str
+
+
+@dataclass(frozen=True)
+class TokenAnswer:
+    status: int
+    body: bytes
+
+
+TokenFetcher = Callable[[TokenRequest], Awaitable[TokenAnswer]]
+
+
+class Authenticator:
+    """Turns configured credentials into Authorization headers for one registry and repository."""
+
+    def __init__(self, creds: CredentialStore, fetch_token: TokenFetcher) -> None:
+        self._creds = creds
+        self._fetch_token = fetch_token
+        self._headers: dict[tuple[str, str], tuple[str, float]] = {}
+        self._pending: dict[tuple[str, str], asyncio.Future[str | None]] = {}
+
+    def credentials(self, registry: str, endpoint_host: str, repo: str) -> Credentials | None:
+        return self._creds.lookup(registry, endpoint_host, repo)
+
+    def cached_header(self, registry: str, repo: str) -> str | None:
+        entry = self._headers.get((registry, repo))
+        if entry is None:
+            return None
+        header, expires_at = entry
+        if time.monotonic() >= expires_at:
+            del self._headers[(registry, repo)]
+            return None
+        return header
+
+    def forget(self, registry: str, repo: str) -> None:
+        self._headers.pop((registry, repo), None)
+
+    async def answer(self, registry: str, repo: str, creds: Credentials, challenge_header: str) -> str | None:
+        """The Authorization header that answers a 401's challenge, or None if we cannot.
+
+        Concurrent callers for the same registry and repository share one token fetch.
+        """
+        key = (registry, repo)
+        pending = self._pending.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        self._pending[key] = future
+        try:
+            header, lifetime = await self._answer(registry, repo, creds, challenge_header)
+            if header is not None:
+                self._headers[key] = (header, time.monotonic() + lifetime)
+            future.set_result(header)
+            return header
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # mark retrieved: other waiters may not exist
+            raise
+        finally:
+            del self._pending[key]
+
+    async def _answer(
+        self, registry: str, repo: str, creds: Credentials, challenge_header: str
+    ) -> tuple[str | None, float]:
+        challenges = {c.scheme: c for c in parse_www_authenticate(challenge_header)}
+        bearer = challenges.get("bearer")
+        if bearer is not None and bearer.params.get("realm"):
+            return await self._bearer_token(registry, repo, creds, bearer)
+        if "basic" in challenges:
+            return basic_header(creds), float("inf")
+        log.warning("upstream %s: unsupported auth challenge for %s", registry, repo)
+        return None, 0.0
+
+    async def _bearer_token(
+        self, registry: str, repo: str, creds: Credentials, challenge: Challenge
+    ) -> tuple[str | None, float]:
+        realm = challenge.params["realm"]
+        parts = urllib.parse.urlsplit(realm)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            log.warning("upstream %s: ignoring token realm that is not an http(s) URL", registry)
+            return None, 0.0
+        query = []
+        if challenge.params.get("service"):
+            query.append(("service", challenge.params["service"]))
+        query.append(("scope", challenge.params.get("scope") or f"repository:{repo}:pull"))
+        separator = "&" if parts.query else "?"
+        url = realm + separator + urllib.parse.urlencode(query)
+        answer = await self._fetch_token(TokenRequest(url, basic_header(creds)))
+        if answer.status != 200:
+            log.warning(
+                "upstream %s: token realm %s refused the credentials (%d)", registry, parts.netloc, answer.status
+            )
+            return None, 0.0
+        try:
+            data = json.loads(answer.body)
+            token = data.get("token") or data.get("access_token")
+            lifetime = float(data.get("expires_in") or DEFAULT_TOKEN_LIFETIME)
+        except (ValueError, AttributeError, TypeError):
+            token, lifetime = None, 0.0
+        if not token or not isinstance(token, str):
+            log.warning("upstream %s: token realm %s answered without a token", registry, parts.netloc)
+            return None, 0.0
+        log.info("upstream %s: got a token for %s, valid %.0fs", registry, repo, lifetime)
+        return "Bearer " + token, max(lifetime - TOKEN_EXPIRY_MARGIN, 1.0)

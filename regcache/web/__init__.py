@@ -1,0 +1,1 @@
+"""HTTP: the route table, handlers, Range parsing, and the error table."""

@@ -1,0 +1,131 @@
+"""The one route table, and serving it: start-up, signals, graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from tornado.httpserver import HTTPServer
+from tornado.netutil import bind_sockets
+from tornado.web import Application
+
+from regcache.cache.blobs import BlobService
+from regcache.cache.fill import FillMap
+from regcache.cache.manifests import ManifestService
+from regcache.cache.policy import Policy
+from regcache.config import Settings
+from regcache.storage.disk import DiskTier
+from regcache.storage.staging import clear_staging
+from regcache.storage.tiered import TieredStore
+from regcache.upstream.client import UpstreamClient
+from regcache.web.handlers import (
+    BlobHandler,
+    HealthHandler,
+    ManifestHandler,
+    MetricsHandler,
+    NotFoundHandler,
+    PingHandler,
+    ReadyHandler,
+    log_request,
+)
+
+log = logging.getLogger(__name__)
+
+# Repository names may contain "/", so the name is everything before the last /manifests/ or /blobs/.
+NAME = r"(.+?)"
+SHUTDOWN_GRACE = 25.0
+MAX_HEADER_SIZE = 64 * 1024
+
+
+class RequestTracker:
+    """Counts requests in progress so shutdown can wait for them."""
+
+    def __init__(self) -> None:
+        self.active = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def started(self) -> None:
+        self.active += 1
+        self._idle.clear()
+
+    def finished(self) -> None:
+        self.active -= 1
+        if self.active <= 0:
+            self.active = 0
+            self._idle.set()
+
+    async def wait_idle(self, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+            return True
+        except TimeoutError:
+            return False
+
+
+def make_app(services: dict[str, object]) -> Application:
+    routes = [
+        (r"/v2/?", PingHandler, services),
+        (rf"/v2/{NAME}/manifests/([^/]+)", ManifestHandler, services),
+        (rf"/v2/{NAME}/blobs/([^/]+)", BlobHandler, services),
+        (r"/metrics", MetricsHandler, services),
+        (r"/healthz", HealthHandler, services),
+        (r"/readyz", ReadyHandler, services),
+    ]
+    return Application(
+        routes,
+        default_handler_class=NotFoundHandler,
+        default_handler_args=services,
+        log_function=log_request,
+        compress_response=False,
+    )
+
+
+async def serve(settings: Settings, ready: asyncio.Future[int] | None = None) -> None:
+    """Run until SIGTERM/SIGINT, then stop accepting and let responses in flight finish (bounded)."""
+    root = settings.cache_dir
+    disk = DiskTier(root)
+    leftovers = clear_staging(root)
+    if leftovers:
+        log.info("removed %d interrupted downloads from %s", leftovers, root / "staging")
+    store = TieredStore([disk])
+    upstream = UpstreamClient(settings, idle_timeout=settings.upstream_idle_timeout)
+    fills = FillMap()
+    tracker = RequestTracker()
+    services: dict[str, object] = {
+        "blobs": BlobService(store, upstream, fills, root),
+        "manifests": ManifestService(store, upstream, Policy.from_settings(settings)),
+        "disk": disk,
+        "tracker": tracker,
+    }
+    app = make_app(services)
+    server = HTTPServer(app, xheaders=False, max_header_size=MAX_HEADER_SIZE, idle_connection_timeout=300)
+    bound = bind_sockets(settings.port, address=settings.host)
+    server.add_sockets(bound)
+    port = bound[0].getsockname()[1]
+    log.info("regcache listening on %s:%d, cache dir %s", settings.host, port, root)
+    if ready is not None and not ready.done():
+        ready.set_result(port)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        log.info(
+            "shutting down: no new connections; waiting up to %.0fs for %d requests", SHUTDOWN_GRACE, tracker.active
+        )
+        server.stop()
+        if await tracker.wait_idle(SHUTDOWN_GRACE):
+            # Idle keep-alive connections close now; busy ones were waited for above.
+            try:
+                await asyncio.wait_for(server.close_all_connections(), 5.0)
+            except TimeoutError:
+                pass
+        else:
+            log.warning("shutdown: %d requests still running after %.0fs; closing them", tracker.active, SHUTDOWN_GRACE)
+        upstream.close()
+        log.info("stopped")

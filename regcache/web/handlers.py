@@ -1,0 +1,352 @@
+"""Request handlers: parse once at the edge, ask the cache, stream the answer.
+
+Services arrive through `initialize(**kwargs)` from the one route table in app.py. Bodies are
+written one chunk at a time with `await flush()` between chunks (Tornado's StaticFileHandler
+pattern), so a slow client holds one chunk of memory, never the object.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from tornado.iostream import StreamClosedError
+from tornado.web import HTTPError, RequestHandler
+
+from regcache import metrics
+from regcache.cache.blobs import (
+    BlobService,
+    ClientContext,
+    FillingBlob,
+    PassedThrough,
+    StoredBlob,
+)
+from regcache.cache.manifests import Manifest, ManifestService
+from regcache.config import DOCKER_HUB
+from regcache.errors import BadRequest, RegcacheError
+from regcache.oci import mediatypes
+from regcache.oci.digest import Digest
+from regcache.oci.reference import parse_blob_ref, parse_manifest_ref, parse_registry
+from regcache.storage.base import ObjectReader
+from regcache.upstream.client import UpstreamResponse
+from regcache.web.errors import error_body, error_for
+from regcache.web.ranges import ByteRange, Unsatisfiable, parse_range
+
+log = logging.getLogger(__name__)
+access_log = logging.getLogger("regcache.access")
+
+CHUNK = 1 << 20
+API_VERSION = ("Docker-Distribution-Api-Version", "registry/2.0")
+
+
+class BaseHandler(RequestHandler):
+    """JSON errors in the OCI format, the request counters and the request log's fields."""
+
+    kind = "other"
+
+    def initialize(self, **services: Any) -> None:
+        self.services = services
+        self.cache_result = "-"
+        self.registry = "-"
+        self.body_bytes = 0
+        self.aborted = False
+
+    def prepare(self) -> None:
+        tracker = self.services.get("tracker")
+        if tracker is not None:
+            tracker.started()
+        if log.isEnabledFor(logging.DEBUG):
+            shown = {
+                k: ("<redacted>" if k.lower() in ("authorization", "cookie") else v)
+                for k, v in self.request.headers.get_all()
+            }
+            log.debug("%s %s headers %s", self.request.method, self.request.path, shown)
+
+    def on_finish(self) -> None:
+        tracker = self.services.get("tracker")
+        if tracker is not None:
+            tracker.finished()
+        metrics.REQUESTS.labels(self.kind, self.request.method, str(self.get_status())).inc()
+
+    def set_default_headers(self) -> None:
+        self.set_header(*API_VERSION)
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        status, code, message = error_for(exc, status_code)
+        if status != status_code:
+            self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(error_body(code, message))
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        # Expected failures are one WARNING at most (already logged where they happened).
+        if isinstance(value, (RegcacheError, HTTPError)):
+            return
+        super().log_exception(typ, value, tb)
+
+    def fail(self, status: int, code: str, message: str) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(error_body(code, message))
+
+    # --- the parts of a request that matter below the web layer ---------------------------------
+    def origin_registry(self) -> str:
+        ns = self.get_query_argument("ns", None)
+        if ns is None:
+            # Docker's registry-mirrors only ever mirror Docker Hub and send no ns.
+            if self.request.headers.get("User-Agent", "").startswith("docker/"):
+                self.registry = DOCKER_HUB
+                return DOCKER_HUB
+            raise BadRequest(
+                "UNSUPPORTED",
+                "missing ns query argument: configure containerd to use regcache as a mirror (hosts.toml), which sends ?ns=<registry>",
+            )
+        self.registry = parse_registry(ns)
+        return self.registry
+
+    def client_context(self) -> ClientContext:
+        return ClientContext(
+            method=self.request.method or "GET",
+            authorization=self.request.headers.get("Authorization"),
+            accept=tuple(self.request.headers.get_list("Accept")),
+        )
+
+    # --- writing bodies -------------------------------------------------------------------------
+    async def send_chunk(self, chunk: bytes) -> bool:
+        """Write and flush one chunk; False when the client has gone."""
+        self.write(chunk)
+        try:
+            await self.flush()
+        except StreamClosedError:
+            return False
+        self.body_bytes += len(chunk)
+        return True
+
+    def abort_connection(self) -> None:
+        """End a response that cannot be completed truthfully: the client sees a broken stream."""
+        self.aborted = True
+        self.request.connection.stream.close()
+
+    def pass_through(self, response: UpstreamResponse, include_body: bool) -> None:
+        """The upstream's answer, unchanged but for hop-by-hop headers."""
+        self.set_status(response.status)
+        self.clear_header("Content-Type")
+        for name, value in response.forwardable_headers():
+            self.add_header(name, value)
+        if include_body:
+            self.body_bytes = len(response.body)
+            metrics.SERVED_BYTES.labels("upstream").inc(len(response.body))
+            self.finish(response.body)
+        else:
+            length = response.headers.get("Content-Length")
+            if length is not None:
+                self.set_header("Content-Length", length)
+            self.finish()
+
+
+class PingHandler(BaseHandler):
+    async def get(self) -> None:
+        self.set_header("Content-Type", "application/json")
+        self.finish(b"{}")
+
+    async def head(self) -> None:
+        self.set_header("Content-Type", "application/json")
+        self.set_header("Content-Length", "2")
+        self.finish()
+
+
+class ManifestHandler(BaseHandler):
+    kind = "manifest"
+
+    async def get(self, repo: str, reference: str, include_body: bool = True) -> None:
+        ref = parse_manifest_ref(self.origin_registry(), repo, reference)
+        manifests: ManifestService = self.services["manifests"]
+        answer = await manifests.get(ref, self.client_context())
+        self.cache_result = answer.result
+        metrics.CACHE_RESULTS.labels(answer.result).inc()
+        if answer.passed_through is not None:
+            self.pass_through(answer.passed_through, include_body)
+            return
+        assert answer.manifest is not None
+        self._send_manifest(answer.manifest, include_body, answer.result == "hit")
+
+    async def head(self, repo: str, reference: str) -> None:
+        await self.get(repo, reference, include_body=False)
+
+    def _send_manifest(self, manifest: Manifest, include_body: bool, hit: bool) -> None:
+        self.set_header("Content-Type", manifest.media_type)
+        self.set_header("Docker-Content-Digest", str(manifest.digest))
+        self.set_header("Etag", f'"{manifest.digest}"')
+        self.set_header("Content-Length", str(len(manifest.body)))
+        if include_body:
+            self.body_bytes = len(manifest.body)
+            metrics.SERVED_BYTES.labels("disk" if hit else "upstream").inc(len(manifest.body))
+            self.write(manifest.body)
+        self.finish()
+
+
+class BlobHandler(BaseHandler):
+    kind = "blob"
+
+    async def get(self, repo: str, digest: str, include_body: bool = True) -> None:
+        ref = parse_blob_ref(self.origin_registry(), repo, digest)
+        blobs: BlobService = self.services["blobs"]
+        answer = await blobs.open(ref, self.client_context())
+        if isinstance(answer, StoredBlob):
+            self.cache_result = "hit"
+            metrics.CACHE_RESULTS.labels("hit").inc()
+            try:
+                await self._send_stored(answer.reader, ref.digest, include_body)
+            finally:
+                answer.reader.close()
+        elif isinstance(answer, FillingBlob):
+            try:
+                await self._send_filling(answer, ref.digest)
+            finally:
+                answer.fill.detach(answer.fd)
+        else:
+            self._send_passed_through(answer)
+
+    async def head(self, repo: str, digest: str) -> None:
+        await self.get(repo, digest, include_body=False)
+
+    def _blob_headers(self, digest: Digest) -> None:
+        self.set_header("Content-Type", mediatypes.OCTET_STREAM)
+        self.set_header("Docker-Content-Digest", str(digest))
+        self.set_header("Accept-Ranges", "bytes")
+
+    def _select_range(self, size: int) -> ByteRange | None:
+        """Status and length headers for the requested range; None after a 416 was sent."""
+        spec = parse_range(self.request.headers.get("Range"))
+        if spec is None:
+            self.set_header("Content-Length", str(size))
+            return ByteRange(0, size)
+        try:
+            byte_range = spec.resolve(size)
+        except Unsatisfiable:
+            self.set_header("Content-Range", f"bytes */{size}")
+            self.fail(
+                416, "RANGE_INVALID", f"range {self.request.headers.get('Range')!r} not satisfiable for {size} bytes"
+            )
+            return None
+        self.set_status(206)
+        self.set_header("Content-Range", byte_range.content_range(size))
+        self.set_header("Content-Length", str(byte_range.length))
+        return byte_range
+
+    async def _send_stored(self, reader: ObjectReader, digest: Digest, include_body: bool) -> None:
+        self._blob_headers(digest)
+        byte_range = self._select_range(reader.size)
+        if byte_range is None or not include_body:
+            return
+        position = byte_range.start
+        while position < byte_range.end:
+            chunk = reader.read(position, min(CHUNK, byte_range.end - position))
+            if not chunk:
+                # The file shrank under us (removed from outside): never finish as if complete.
+                self.abort_connection()
+                return
+            if not await self.send_chunk(chunk):
+                return
+            metrics.SERVED_BYTES.labels("disk").inc(len(chunk))
+            position += len(chunk)
+
+    async def _send_filling(self, answer: FillingBlob, digest: Digest) -> None:
+        fill = answer.fill
+        head = await fill.head
+        if not head.ok:
+            self.cache_result = "skip"
+            metrics.CACHE_RESULTS.labels("skip").inc()
+            self.pass_through(head.response, include_body=True)
+            return
+        self.cache_result = "miss"
+        metrics.CACHE_RESULTS.labels("miss").inc()
+        self._blob_headers(digest)
+        if head.size is None:
+            byte_range = ByteRange(0, -1)
+        else:
+            byte_range = self._select_range(head.size)
+            if byte_range is None:
+                return
+        # Headers go out now, before the body: containerd gives up on a mirror whose headers lag.
+        try:
+            await self.flush()
+        except StreamClosedError:
+            return
+        position = byte_range.start
+        end = byte_range.end
+        while end < 0 or position < end:
+            try:
+                limit = await fill.readable(position)
+            except RegcacheError:
+                self.abort_connection()
+                return
+            if limit <= position:
+                break
+            if end >= 0:
+                limit = min(limit, end)
+            chunk = os.pread(answer.fd, min(CHUNK, limit - position), position)
+            if not chunk:
+                self.abort_connection()
+                return
+            if not await self.send_chunk(chunk):
+                return
+            metrics.SERVED_BYTES.labels("upstream").inc(len(chunk))
+            position += len(chunk)
+
+    def _send_passed_through(self, answer: PassedThrough) -> None:
+        self.cache_result = "skip"
+        metrics.CACHE_RESULTS.labels("skip").inc()
+        self.pass_through(answer.response, include_body=self.request.method != "HEAD")
+
+
+class MetricsHandler(BaseHandler):
+    async def get(self) -> None:
+        self.set_header("Content-Type", CONTENT_TYPE_LATEST)
+        self.finish(generate_latest())
+
+
+class HealthHandler(BaseHandler):
+    async def get(self) -> None:
+        self.set_header("Content-Type", "application/json")
+        self.finish(b'{"status":"ok"}')
+
+
+class ReadyHandler(BaseHandler):
+    async def get(self) -> None:
+        disk = self.services["disk"]
+        self.set_header("Content-Type", "application/json")
+        if disk.writable():
+            self.finish(b'{"status":"ready"}')
+        else:
+            self.set_status(503)
+            self.finish(error_body("UNAVAILABLE", f"cache dir {disk.root} is not writable"))
+
+
+class NotFoundHandler(BaseHandler):
+    def prepare(self) -> None:
+        super().prepare()
+        raise HTTPError(404, "no such endpoint: %s", self.request.path)
+
+
+def log_request(handler: RequestHandler) -> None:
+    """One INFO line per request: what, for which registry, how it ended, from where it came."""
+    status = handler.get_status()
+    duration = 1000.0 * handler.request.request_time()
+    fields = getattr(handler, "registry", "-"), getattr(handler, "cache_result", "-"), getattr(handler, "body_bytes", 0)
+    level = logging.INFO if status < 500 else logging.WARNING
+    access_log.log(
+        level,
+        "%s %s ns=%s status=%d%s bytes=%d cache=%s %.1fms",
+        handler.request.method,
+        handler.request.path,
+        fields[0],
+        status,
+        " (aborted)" if getattr(handler, "aborted", False) else "",
+        fields[2],
+        fields[1],
+        duration,
+    )
