@@ -208,8 +208,3 @@ class FillMap:
 
     def __len__(self) -> int:
         return len(self._fills)
-
-    async def drain(self, timeout: float) -> None:
-        """Wait (bounded) for fills in flight, at shutdown."""
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=timeout)

@@ -134,8 +134,13 @@ class BaseHandler(RequestHandler):
         """The upstream's answer, unchanged but for hop-by-hop headers."""
         self.set_status(response.status)
         self.clear_header("Content-Type")
+        seen: set[str] = set()
         for name, value in response.forwardable_headers():
-            self.add_header(name, value)
+            if name.lower() in seen:
+                self.add_header(name, value)
+            else:
+                seen.add(name.lower())
+                self.set_header(name, value)
         if include_body:
             self.body_bytes = len(response.body)
             metrics.SERVED_BYTES.labels("upstream").inc(len(response.body))
