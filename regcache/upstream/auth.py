@@ -79,9 +79,12 @@ TokenFetcher = Callable[[TokenRequest], Awaitable[TokenAnswer]]
 class Authenticator:
     """Turns configured credentials into Authorization headers for one registry and repository."""
 
-    def __init__(self, creds: CredentialStore, fetch_token: TokenFetcher) -> None:
+    def __init__(
+        self, creds: CredentialStore, fetch_token: TokenFetcher, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._creds = creds
         self._fetch_token = fetch_token
+        self._clock = clock
         self._headers: dict[tuple[str, str], tuple[str, float]] = {}
         self._pending: dict[tuple[str, str], asyncio.Future[str | None]] = {}
 
@@ -93,7 +96,7 @@ class Authenticator:
         if entry is None:
             return None
         header, expires_at = entry
-        if time.monotonic() >= expires_at:
+        if self._clock() >= expires_at:
             del self._headers[(registry, repo)]
             return None
         return header
@@ -115,7 +118,7 @@ class Authenticator:
         try:
             header, lifetime = await self._answer(registry, repo, creds, challenge_header)
             if header is not None:
-                self._headers[key] = (header, time.monotonic() + lifetime)
+                self._headers[key] = (header, self._clock() + lifetime)
             future.set_result(header)
             return header
         except BaseException as exc:

@@ -1,0 +1,177 @@
+"""Options and files an operator writes: what is accepted, and the message when it is not."""
+
+import re
+
+import pytest
+
+from regcache.cli import build_parser, settings_from_args
+from regcache.config import Credentials, CredentialStore, load_creds_file, parse_bool, parse_upstreams
+from regcache.errors import ConfigError
+
+
+def settings(*argv):
+    return settings_from_args(build_parser().parse_args(list(argv)))
+
+
+def test_defaults_match_the_documented_ones(monkeypatch):
+    for key in list(__import__("os").environ):
+        if key.startswith("REGCACHE_"):
+            monkeypatch.delenv(key)
+    s = settings()
+    assert (s.host, s.port, str(s.cache_dir)) == ("0.0.0.0", 3000, "/tmp/data")
+    assert s.cache_manifests is True
+    assert s.skip_tags is not None and s.skip_tags.search("latest")
+    assert s.endpoint("docker.io") == "https://registry-1.docker.io"
+    assert s.endpoint("ghcr.io") == "https://ghcr.io"
+    assert s.bucket is None and not s.creds
+
+
+def test_upstream_map_overrides_and_adds():
+    ups = parse_upstreams(["registry.example.test=http://127.0.0.1:5000/", "docker.io=https://mirror.example"])
+    assert ups["registry.example.test"] == "http://127.0.0.1:5000"
+    assert ups["docker.io"] == "https://mirror.example"
+
+
+@pytest.mark.parametrize(
+    "item, words",
+    [
+        ("noequals", "NS=URL"),
+        ("=http://x", "NS=URL"),
+        ("a=", "NS=URL"),
+        ("a=ftp://x", "http:// or https://"),
+        ("a=http://", "http:// or https://"),
+        ("a=http://user:pw@x", "credentials"),
+    ],
+)
+def test_bad_upstream_entries_name_the_entry(item, words):
+    with pytest.raises(ConfigError) as info:
+        parse_upstreams([item])
+    assert item in str(info.value) and words in str(info.value)
+
+
+@pytest.mark.parametrize("text, value", [("yes", True), ("TRUE", True), ("no", False), ("false", False), ("0", False)])
+def test_bool_values(text, value):
+    assert parse_bool("--cache-manifests", text) is value
+
+
+def test_bad_bool_names_the_option():
+    with pytest.raises(ConfigError, match="--cache-manifests.*maybe"):
+        parse_bool("--cache-manifests", "maybe")
+
+
+def test_creds_longest_prefix_wins_and_both_registry_spellings_match(tmp_path):
+    path = tmp_path / "creds.yaml"
+    path.write_text(
+        "docker.io: {username: hub, password: p1}\n"
+        "ghcr.io: {username: all, password: p2}\n"
+        "ghcr.io/my-org: {username: org, password: p3}\n"
+        "ghcr.io/my-org/team: {username: team, password: p4}\n"
+    )
+    store = load_creds_file(path)
+    assert store.lookup("docker.io", "registry-1.docker.io", "library/alpine").username == "hub"
+    assert store.lookup("ghcr.io", "ghcr.io", "other/app").username == "all"
+    assert store.lookup("ghcr.io", "ghcr.io", "my-org/app").username == "org"
+    assert store.lookup("ghcr.io", "ghcr.io", "my-org/team/app").username == "team"
+    assert store.lookup("ghcr.io", "ghcr.io", "my-organisation/app").username == "all"
+    assert store.lookup("quay.io", "quay.io", "x") is None
+
+
+def test_creds_by_endpoint_host():
+    store = CredentialStore({"registry-1.docker.io": Credentials("u", "p")})
+    assert store.lookup("docker.io", "registry-1.docker.io", "library/alpine").username == "u"
+
+
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("ghcr.io: {username: u}\n", "'ghcr.io' has no password"),
+        ("ghcr.io: {password: p}\n", "'ghcr.io' has no username"),
+        ("ghcr.io: just-a-string\n", "'ghcr.io' must be a mapping"),
+        ("- a\n- b\n", "expected a mapping"),
+        ("a: [unclosed\n", "not valid YAML"),
+        ("ghcr.io: {username: u, password: p, token: t}\n", "unknown keys"),
+    ],
+)
+def test_bad_creds_files_name_the_problem(tmp_path, text, words):
+    path = tmp_path / "creds.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_creds_file(path)
+    assert words in str(info.value)
+    assert str(path) in str(info.value)
+
+
+def test_missing_creds_file_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read"):
+        settings("-f", str(tmp_path / "nope.yaml"))
+
+
+def test_credentials_never_show_in_repr():
+    assert "s3cret" not in repr(Credentials("user", "s3cret"))
+
+
+def test_skip_tags_is_searched_and_empty_disables():
+    s = settings("-t", "^dev-|-rc")
+    assert s.skip_tags.search("dev-123") and s.skip_tags.search("1.0-rc1") and not s.skip_tags.search("1.0")
+    assert settings("-t", "").skip_tags is None
+    with pytest.raises(ConfigError, match="--skip-tags"):
+        settings("-t", "(")
+
+
+def test_bucket_refused_until_the_s3_tier_exists():
+    with pytest.raises(ConfigError, match="--bucket my-bucket"):
+        settings("-b", "my-bucket")
+
+
+def test_private_registries_are_normalised():
+    assert settings("--private-registry", "GHCR.io", "--private-registry", "r.example:5000").private_registries == {
+        "ghcr.io",
+        "r.example:5000",
+    }
+    with pytest.raises(ConfigError, match="--private-registry"):
+        settings("--private-registry", "not a host")
+
+
+def test_environment_variables_set_options(monkeypatch, tmp_path):
+    monkeypatch.setenv("REGCACHE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("REGCACHE_PORT", "4001")
+    monkeypatch.setenv("REGCACHE_CACHE_MANIFESTS", "no")
+    s = settings()
+    assert (s.cache_dir, s.port, s.cache_manifests) == (tmp_path, 4001, False)
+    # The command line wins over the environment.
+    assert settings("-p", "4002").port == 4002
+
+
+def test_config_file_keys_are_long_names(tmp_path):
+    path = tmp_path / "regcache.yaml"
+    path.write_text(
+        "port: 4010\ncache-dir: /var/tmp/rc\nskip-tags: nightly\n"
+        "upstream:\n  - a.test=http://127.0.0.1:1\n  - b.test=https://b.example\n"
+        "private-registry:\n  - a.test\n"
+    )
+    s = settings("-c", str(path))
+    assert s.port == 4010 and str(s.cache_dir) == "/var/tmp/rc"
+    assert s.skip_tags.pattern == "nightly"
+    assert s.endpoint("a.test") == "http://127.0.0.1:1" and s.endpoint("b.test") == "https://b.example"
+    assert s.private_registries == {"a.test"}
+
+
+def test_unknown_options_stop_start_up(capsys):
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(["--no-such-option"])
+    assert info.value.code == 2
+    assert "--no-such-option" in capsys.readouterr().err
+
+
+def test_unknown_config_file_keys_stop_start_up(tmp_path, capsys):
+    path = tmp_path / "regcache.yaml"
+    path.write_text("prot: 3000\n")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["-c", str(path)])
+    assert "prot" in capsys.readouterr().err
+
+
+def test_malformed_port_names_it(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["-p", "http"])
+    assert re.search(r"-p/--port.*invalid int value", capsys.readouterr().err)
