@@ -9,6 +9,7 @@ from __future__ import annotations
 import http.client
 import re
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -96,7 +97,7 @@ class Regcache:
             popen.send_signal(sig)
             try:
                 popen.wait(timeout=grace)
-            except Exception:
+            except subprocess.TimeoutExpired:
                 self.proc.kill()
                 return None
         code = popen.returncode

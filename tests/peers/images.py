@@ -13,6 +13,7 @@ import io
 import json
 import os
 import platform
+import struct
 import subprocess
 import tarfile
 import tempfile
@@ -34,6 +35,8 @@ REF_NAME = "org.opencontainers.image.ref.name"
 
 _CHUNK = 1 << 20
 _GZIP = 31  # zlib wbits for a gzip container
+_STORED = 65535  # max payload of one deflate "stored" block
+_GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # no name, mtime 0, OS unknown
 
 # compressed layer digest -> diff_id (sha256 of the uncompressed tar), so build_image need
 # not gunzip a 256 MiB layer that make_layer/random_layer just produced.
@@ -120,30 +123,51 @@ def random_layer(size: int, seed: int | None = None) -> bytes:
 
 
 def _random_layer(size: int, key: bytes) -> bytes:
-    # AES-CTR over zeros: fast, seedable, incompressible. gzip level 0 ("stored") keeps the
-    # compressed size ~= size (+5 bytes per 64 KiB block, +~2 KiB of tar framing).
+    """One tar member of AES-CTR keystream (fast, seedable, incompressible), wrapped in gzip
+    "stored" deflate blocks written by hand straight into the final buffer: ~0.5 s for
+    256 MiB here, where zlib level 0 plus a join takes ~1.5 s. Compressed size ~= size
+    (+5 bytes per 64 KiB block, +~2 KiB of tar framing)."""
     data_size = max(size - 2048, 0)
-    enc = Cipher(algorithms.AES(key), modes.CTR(bytes(16))).encryptor()
     info = tarfile.TarInfo("random.bin")
     info.size, info.mode, info.mtime = data_size, 0o644, 0
-    z = zlib.compressobj(0, zlib.DEFLATED, _GZIP)
-    h = hashlib.sha256()
-    out: list[bytes] = []
-
-    def feed(b: bytes) -> None:
-        h.update(b)
-        out.append(z.compress(b))
-
-    feed(info.tobuf(format=tarfile.USTAR_FORMAT))
-    zero = bytes(min(_CHUNK, data_size))
-    left = data_size
-    while left:
-        n = min(_CHUNK, left)
-        feed(enc.update(zero[:n] if n < len(zero) else zero))
-        left -= n
-    feed(bytes((-data_size) % 512 + 1024))  # pad the member, then two zero end blocks
-    out.append(z.flush())
-    layer = b"".join(out)
+    header = info.tobuf(format=tarfile.USTAR_FORMAT)
+    raw_len = len(header) + data_size + (-data_size) % 512 + 1024  # padding + end blocks
+    nblocks = max(1, -(-raw_len // _STORED))
+    total = len(_GZIP_HEADER) + raw_len + 5 * nblocks + 8
+    buf = io.BytesIO()
+    buf.seek(total - 1)
+    buf.write(b"\0")  # the gap is zero-filled: the tar padding and end blocks are done
+    mv = buf.getbuffer()
+    mv[: len(_GZIP_HEADER)] = _GZIP_HEADER
+    enc = Cipher(algorithms.AES(key), modes.CTR(bytes(16))).encryptor()
+    zero = memoryview(bytes(_STORED))
+    data_end = len(header) + data_size
+    pos, raw_off, crc, h = len(_GZIP_HEADER), 0, 0, hashlib.sha256()
+    for i in range(nblocks):
+        n = min(_STORED, raw_len - raw_off)
+        mv[pos : pos + 5] = struct.pack("<BHH", 1 if i == nblocks - 1 else 0, n, n ^ 0xFFFF)
+        pos += 5
+        seg = mv[pos : pos + n]
+        o = 0
+        while o < n:
+            r = raw_off + o
+            if r < len(header):
+                k = min(len(header) - r, n - o)
+                seg[o : o + k] = header[r : r + k]
+            elif r < data_end:
+                k = min(data_end - r, n - o)
+                seg[o : o + k] = enc.update(zero[:k])
+            else:
+                k = n - o
+            o += k
+        crc = zlib.crc32(seg, crc)
+        h.update(seg)
+        seg.release()
+        pos += n
+        raw_off += n
+    mv[pos : pos + 8] = struct.pack("<II", crc & 0xFFFFFFFF, raw_len & 0xFFFFFFFF)
+    mv.release()
+    layer = buf.getvalue()  # no copy: BytesIO hands over its buffer
     _remember(layer, "sha256:" + h.hexdigest())
     return layer
 
@@ -226,9 +250,7 @@ def _tag_in_index(layout: Path, descriptor: dict[str, object], tag: str) -> None
         index = json.loads(path.read_text())
     else:
         index = {"schemaVersion": 2, "mediaType": INDEX_MEDIA_TYPE, "manifests": []}
-    index["manifests"] = [
-        m for m in index["manifests"] if m.get("annotations", {}).get(REF_NAME) != tag
-    ]
+    index["manifests"] = [m for m in index["manifests"] if m.get("annotations", {}).get(REF_NAME) != tag]
     index["manifests"].append({**descriptor, "annotations": {REF_NAME: tag}})
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(index, indent=1))
@@ -319,13 +341,9 @@ def build_index(layout_dir: Path | str, images: list[Image], tag: str) -> Index:
                 "platform": {"architecture": cfg["architecture"], "os": cfg["os"]},
             }
         )
-    index_bytes = _canonical(
-        {"schemaVersion": 2, "mediaType": INDEX_MEDIA_TYPE, "manifests": manifests}
-    )
+    index_bytes = _canonical({"schemaVersion": 2, "mediaType": INDEX_MEDIA_TYPE, "manifests": manifests})
     digest = _write_blob(layout, index_bytes)
-    _tag_in_index(
-        layout, {"mediaType": INDEX_MEDIA_TYPE, "digest": digest, "size": len(index_bytes)}, tag
-    )
+    _tag_in_index(layout, {"mediaType": INDEX_MEDIA_TYPE, "digest": digest, "size": len(index_bytes)}, tag)
     return Index(
         digest=digest,
         index_bytes=index_bytes,
@@ -375,11 +393,7 @@ def push(
         env = clean_env(XDG_RUNTIME_DIR=tmp, HOME=tmp, TMPDIR=tmp)
         res = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=timeout)
         if res.returncode != 0:
-            raise RuntimeError(
-                f"skopeo push to {dest_ref} failed ({res.returncode}):\n{res.stdout}{res.stderr}"
-            )
+            raise RuntimeError(f"skopeo push to {dest_ref} failed ({res.returncode}):\n{res.stdout}{res.stderr}")
         pushed = digestfile.read_text().strip()
     if pushed != image.manifest_digest:
-        raise RuntimeError(
-            f"skopeo changed the manifest: pushed {pushed}, built {image.manifest_digest}"
-        )
+        raise RuntimeError(f"skopeo changed the manifest: pushed {pushed}, built {image.manifest_digest}")

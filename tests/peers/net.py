@@ -72,7 +72,7 @@ def http_status(url: str, *, method: str = "GET", timeout: float = 2.0) -> int:
     else:
         conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=timeout)
     try:
-        conn.request(method, path)
+        conn.request(method, path, headers={"User-Agent": "regcache-test-peers"})
         resp = conn.getresponse()
         resp.read()
         return resp.status

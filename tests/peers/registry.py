@@ -227,7 +227,12 @@ class Registry:
 
     # -- access log -----------------------------------------------------------------------
     def _barrier(self) -> None:
-        """Make the log current: a marker request's line is written after earlier ones."""
+        """Make the log current before it is read.
+
+        distribution writes an access-log line after its handler returns, which can be
+        after the client already has the whole body (blobs go out by sendfile). So: send
+        a marker request, wait for its line, then until the file stops growing briefly.
+        """
         if not self.running:
             return
         marker = uuid.uuid4().hex
@@ -236,13 +241,19 @@ class Registry:
         except OSError:
             return
         deadline = time.monotonic() + 2.0
+        seen = False
+        last_size = -1
         while time.monotonic() < deadline:
             try:
-                if marker in self.access_log_path.read_text(errors="replace"):
+                size = self.access_log_path.stat().st_size
+                if not seen:
+                    seen = marker in self.access_log_path.read_text(errors="replace")
+                elif size == last_size:
                     return
+                last_size = size
             except OSError:
                 pass
-            time.sleep(0.002)
+            time.sleep(0.01 if seen else 0.002)
 
     def requests(self) -> list[AccessLogEntry]:
         """Every request the registry has logged (all runs), oldest first."""
@@ -284,9 +295,7 @@ class Registry:
         return sum(
             1
             for e in self.requests()
-            if e.method == "GET"
-            and e.path.endswith(suffix)
-            and (not successful_only or 200 <= e.status < 400)
+            if e.method == "GET" and e.path.endswith(suffix) and (not successful_only or 200 <= e.status < 400)
         )
 
     def manifest_get_count(self, reference: str, *, successful_only: bool = True) -> int:
@@ -295,9 +304,7 @@ class Registry:
         return sum(
             1
             for e in self.requests()
-            if e.method == "GET"
-            and e.path.endswith(suffix)
-            and (not successful_only or 200 <= e.status < 400)
+            if e.method == "GET" and e.path.endswith(suffix) and (not successful_only or 200 <= e.status < 400)
         )
 
     def log_tail(self, lines: int = 30) -> str:

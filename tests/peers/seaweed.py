@@ -74,9 +74,7 @@ class SeaweedS3:
                     "identities": [
                         {
                             "name": "regcache-test",
-                            "credentials": [
-                                {"accessKey": self.access_key, "secretKey": self.secret_key}
-                            ],
+                            "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
                             "actions": ["Admin", "Read", "Write", "List", "Tagging"],
                         }
                     ]

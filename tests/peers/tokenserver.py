@@ -31,12 +31,12 @@ def _b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _signing_identity(issuer: str) -> tuple[rsa.RSAPrivateKey, x509.Certificate]:
     """An RSA key and self-signed cert per issuer, made once per process (RSA keygen is slow)."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -215,7 +215,7 @@ class TokenServer:
             "token": token,
             "access_token": token,
             "expires_in": self.expires_in,
-            "issued_at": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+            "issued_at": datetime.datetime.now(datetime.UTC).isoformat(),
         }
 
 
@@ -225,7 +225,7 @@ def _handler_for(ts: TokenServer) -> type[BaseHTTPRequestHandler]:
 
         def log_message(self, format: str, *args: object) -> None:  # noqa: A002
             with (ts.dir / "tokenserver.log").open("a") as f:
-                f.write("%s %s\n" % (self.address_string(), format % args))
+                f.write(f"{self.address_string()} {format % args}\n")
 
         def _record(self, form: dict[str, list[str]] | None = None) -> TokenRequest:
             parsed = urllib.parse.urlsplit(self.path)
@@ -280,10 +280,7 @@ def _handler_for(ts: TokenServer) -> type[BaseHTTPRequestHandler]:
             grant = form.get("grant_type", [""])[0]
             authed: bool | None = None
             if grant == "password":
-                authed = (
-                    form.get("username", [""])[0] == ts.user
-                    and form.get("password", [""])[0] == ts.password
-                )
+                authed = form.get("username", [""])[0] == ts.user and form.get("password", [""])[0] == ts.password
             if not authed:
                 return self._unauthorized(rec)
             service = form.get("service", [ts.service])[0]
