@@ -36,9 +36,11 @@ def build_parser() -> configargparse.ArgumentParser:
         description="A pull-through, multi-registry image cache for containerd.",
         config_file_parser_class=configargparse.YAMLConfigFileParser,
         auto_env_var_prefix="REGCACHE_",
-        args_for_setting_config_path=["-c", "--config"],
-        config_arg_help_message="YAML config file; keys are the long option names",
         formatter_class=configargparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "-c", "--config", is_config_file=True, env_var="REGCACHE_CONFIG",
+        help="YAML config file; keys are the long option names",
     )
     parser.add_argument("-b", "--bucket", help="S3 bucket shared by replicas (S3 tier)")
     parser.add_argument("-d", "--cache-dir", default="/tmp/data", help="local cache directory")
@@ -119,7 +121,7 @@ def settings_from_args(args: configargparse.Namespace) -> Settings:
         upstream_ca=upstream_ca,
         creds=load_creds_file(Path(args.creds_file)) if args.creds_file else CredentialStore(),
         log_level=args.log_level,
-        bucket=args.bucket,
+        bucket=args.bucket or None,
         upstream_idle_timeout=args.upstream_idle_timeout,
     )
 

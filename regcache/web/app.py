@@ -27,6 +27,7 @@ from regcache.web.handlers import (
     NotFoundHandler,
     PingHandler,
     ReadyHandler,
+    UploadHandler,
     log_request,
 )
 
@@ -68,6 +69,7 @@ def make_app(services: dict[str, object]) -> Application:
     routes = [
         (r"/v2/?", PingHandler, services),
         (rf"/v2/{NAME}/manifests/([^/]+)", ManifestHandler, services),
+        (rf"/v2/{NAME}/blobs/uploads/?.*", UploadHandler, services),
         (rf"/v2/{NAME}/blobs/([^/]+)", BlobHandler, services),
         (r"/metrics", MetricsHandler, services),
         (r"/healthz", HealthHandler, services),

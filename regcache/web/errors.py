@@ -34,14 +34,14 @@ def error_for(exc: BaseException | None, status: int) -> tuple[int, str, str]:
         return 502, "MANIFEST_INVALID", str(exc)
     if isinstance(exc, UpstreamError):
         return 502, "UNAVAILABLE", str(exc)
+    if status == 405 or (isinstance(exc, HTTPError) and exc.status_code == 405):
+        return 405, "UNSUPPORTED", "method not allowed: regcache is a pull-only mirror"
     if isinstance(exc, HTTPError):
         code = exc.status_code
         message = exc.log_message or exc.reason or "error"
         if exc.args:
             message = exc.log_message % exc.args if exc.log_message else message
         return code, _HTTP_CODES.get(code, "UNKNOWN"), message
-    if status == 405:
-        return 405, "UNSUPPORTED", "method not allowed: regcache is a pull-only mirror"
     return (status if status >= 400 else 500), "UNKNOWN", "internal error"
 
 

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 access_log = logging.getLogger("regcache.access")
 
 CHUNK = 1 << 20
+QUIET_PATHS = frozenset(("/healthz", "/readyz", "/metrics"))
 API_VERSION = ("Docker-Distribution-Api-Version", "registry/2.0")
 
 
@@ -86,6 +87,11 @@ class BaseHandler(RequestHandler):
         if isinstance(value, (RegcacheError, HTTPError)):
             return
         super().log_exception(typ, value, tb)
+
+    def finish(self, chunk: Any = None) -> Any:
+        if isinstance(chunk, bytes) and not self.body_bytes:
+            self.body_bytes = len(chunk)
+        return super().finish(chunk)
 
     def fail(self, status: int, code: str, message: str) -> None:
         self.set_status(status)
@@ -331,6 +337,14 @@ class ReadyHandler(BaseHandler):
             self.finish(error_body("UNAVAILABLE", f"cache dir {disk.root} is not writable"))
 
 
+class UploadHandler(BaseHandler):
+    """Pushes: refused with the pull-only message whatever the method."""
+
+    def prepare(self) -> None:
+        super().prepare()
+        raise HTTPError(405)
+
+
 class NotFoundHandler(BaseHandler):
     def prepare(self) -> None:
         super().prepare()
@@ -342,7 +356,11 @@ def log_request(handler: RequestHandler) -> None:
     status = handler.get_status()
     duration = 1000.0 * handler.request.request_time()
     fields = getattr(handler, "registry", "-"), getattr(handler, "cache_result", "-"), getattr(handler, "body_bytes", 0)
-    level = logging.INFO if status < 500 else logging.WARNING
+    if status < 500:
+        # Probes and scrapes come every few seconds; they are not what an operator reads logs for.
+        level = logging.DEBUG if handler.request.path in QUIET_PATHS else logging.INFO
+    else:
+        level = logging.WARNING
     access_log.log(
         level,
         "%s %s ns=%s status=%d%s bytes=%d cache=%s %.1fms",

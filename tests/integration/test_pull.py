@@ -238,7 +238,16 @@ def test_bad_requests_get_json_errors(cache, upstream, path, status):
 def test_push_and_delete_are_405(cache, upstream, method):
     resp = cache.get(f"/v2/{REPO}/manifests/1.0", upstream.ns, method=method)
     assert resp.status == 405
-    assert json.loads(resp.body)["errors"][0]["code"] == "UNSUPPORTED"
+    error = json.loads(resp.body)["errors"][0]
+    assert error["code"] == "UNSUPPORTED" and "pull-only" in error["message"]
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "PATCH", "GET"])
+def test_blob_uploads_are_refused_as_pull_only(cache, upstream, method):
+    resp = cache.get(f"/v2/{REPO}/blobs/uploads/", upstream.ns, method=method)
+    assert resp.status == 405
+    error = json.loads(resp.body)["errors"][0]
+    assert error["code"] == "UNSUPPORTED" and "pull-only" in error["message"]
 
 
 def test_bad_ns_is_400(cache):

@@ -1,0 +1,180 @@
+"""A small in-process upstream for failures a real registry cannot produce on demand.
+
+It lies about digests, cuts bodies short, stalls, drops connections and throttles, so the tests
+can check that regcache stores nothing wrong and never hands a client a complete-looking bad body.
+Everything a real registry can do is tested against the real one instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+Behaviour = Callable[["FakeHandler"], None]
+
+
+@dataclass
+class Seen:
+    method: str
+    path: str
+    headers: dict[str, str]
+
+
+class FakeHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Server
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
+        pass
+
+    def _dispatch(self) -> None:
+        path = self.path.split("?", 1)[0]
+        self.server.owner.seen.append(Seen(self.command, path, dict(self.headers.items())))
+        behaviour = self.server.owner.routes.get(path)
+        if behaviour is None:
+            self.send_json(404, b'{"errors":[{"code":"NAME_UNKNOWN","message":"no route in fake"}]}')
+            return
+        behaviour(self)
+
+    do_GET = _dispatch
+    do_HEAD = _dispatch
+
+    # --- building blocks for behaviours ---------------------------------------------------------
+    def send_json(self, status: int, body: bytes, extra: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in (extra or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def send_head(self, length: int, content_type: str = "application/octet-stream", **headers: str) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(length))
+        for name, value in headers.items():
+            self.send_header(name.replace("_", "-"), value)
+        self.end_headers()
+
+    def drop(self) -> None:
+        """Close the TCP connection at once (RST), as a crashed upstream would."""
+        self.wfile.flush()
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        self.connection.close()
+        self.close_connection = True
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    owner: FakeUpstream
+
+
+@dataclass
+class FakeUpstream:
+    """Routes are exact paths (no query) to behaviours; every request is recorded in `seen`."""
+
+    routes: dict[str, Behaviour] = field(default_factory=dict)
+    seen: list[Seen] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._server = _Server(("127.0.0.1", 0), FakeHandler)
+        self._server.owner = self
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    @property
+    def ns(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.ns}"
+
+    def upstream_arg(self) -> list[str]:
+        return ["--upstream", f"{self.ns}={self.url}"]
+
+    def count(self, path: str, method: str = "GET") -> int:
+        return sum(1 for s in self.seen if s.path == path and s.method == method)
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def digest_of(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+# --- behaviours -----------------------------------------------------------------------------------
+def serve(data: bytes, content_type: str = "application/octet-stream", **headers: str) -> Behaviour:
+    def behaviour(h: FakeHandler) -> None:
+        h.send_head(len(data), content_type, **headers)
+        if h.command != "HEAD":
+            h.wfile.write(data)
+
+    return behaviour
+
+
+def serve_throttled(data: bytes, seconds: float, pieces: int = 50) -> Behaviour:
+    """The whole body, spread over `seconds`: slow enough for every client to join the download."""
+
+    def behaviour(h: FakeHandler) -> None:
+        h.send_head(len(data))
+        step = max(1, len(data) // pieces)
+        for start in range(0, len(data), step):
+            h.wfile.write(data[start : start + step])
+            h.wfile.flush()
+            time.sleep(seconds / pieces)
+
+    return behaviour
+
+
+def truncate(data: bytes, keep: int) -> Behaviour:
+    """Announce the full length, send `keep` bytes, then close cleanly (a short body)."""
+
+    def behaviour(h: FakeHandler) -> None:
+        h.send_head(len(data))
+        h.wfile.write(data[:keep])
+        h.wfile.flush()
+        h.close_connection = True
+        h.connection.shutdown(socket.SHUT_WR)
+
+    return behaviour
+
+
+def drop_after(data: bytes, keep: int) -> Behaviour:
+    def behaviour(h: FakeHandler) -> None:
+        h.send_head(len(data))
+        h.wfile.write(data[:keep])
+        h.drop()
+
+    return behaviour
+
+
+def stall_after(data: bytes, keep: int, release: threading.Event) -> Behaviour:
+    """Send `keep` bytes and then nothing until `release` is set (or 60 s pass)."""
+
+    def behaviour(h: FakeHandler) -> None:
+        h.send_head(len(data))
+        h.wfile.write(data[:keep])
+        h.wfile.flush()
+        release.wait(60)
+        h.close_connection = True
+
+    return behaviour
+
+
+def drop_before_headers() -> Behaviour:
+    def behaviour(h: FakeHandler) -> None:
+        h.drop()
+
+    return behaviour

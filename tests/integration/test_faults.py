@@ -1,0 +1,184 @@
+"""Upstreams that lie, cut off, stall or drop: nothing wrong is stored, no client gets a
+complete-looking wrong body. The fake upstream injects what a real registry cannot."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import threading
+import time
+import urllib.parse
+
+import pytest
+
+from tests.fakes import (
+    FakeUpstream,
+    digest_of,
+    drop_after,
+    drop_before_headers,
+    serve,
+    stall_after,
+    truncate,
+)
+from tests.support import blob_path
+
+REPO = "fault/app"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+
+
+@pytest.fixture
+def fake():
+    upstream = FakeUpstream()
+    yield upstream
+    upstream.close()
+
+
+@pytest.fixture
+def faulty_cache(make_regcache, fake):
+    return make_regcache(*fake.upstream_arg(), "--upstream-idle-timeout", "2")
+
+
+def read_blob(cache, ns: str, digest: str, headers: dict[str, str] | None = None):
+    """(status, body, complete): complete is False when the connection ended before Content-Length."""
+    conn = http.client.HTTPConnection("127.0.0.1", cache.port, timeout=30)
+    try:
+        conn.request("GET", f"/v2/{REPO}/blobs/{digest}?ns={urllib.parse.quote(ns)}", headers=headers or {})
+        resp = conn.getresponse()
+        try:
+            return resp.status, resp.read(), True
+        except http.client.IncompleteRead as exc:
+            return resp.status, exc.partial, False
+    finally:
+        conn.close()
+
+
+def assert_nothing_stored(cache, digest: str) -> None:
+    assert not blob_path(cache.cache_dir, digest).exists()
+    assert cache.staging_files() == []
+
+
+def test_blob_whose_bytes_do_not_match_its_digest_is_not_stored(faulty_cache, fake):
+    real = os.urandom(2 * 1024 * 1024)
+    lie = os.urandom(len(real))
+    digest = digest_of(real)
+    fake.routes[f"/v2/{REPO}/blobs/{digest}"] = serve(lie)
+    status, body, complete = read_blob(faulty_cache, fake.ns, digest)
+    assert status == 200
+    assert not complete, "the client must see a broken stream, not a complete wrong body"
+    assert len(body) < len(lie)
+    assert_nothing_stored(faulty_cache, digest)
+    failures = faulty_cache.metrics()
+    assert failures[f'regcache_verification_failures_total{{reason="digest",registry="{fake.ns}"}}'] == 1
+    # The next pull goes upstream again rather than serving anything from the failed one.
+    read_blob(faulty_cache, fake.ns, digest)
+    assert fake.count(f"/v2/{REPO}/blobs/{digest}") == 2
+
+
+def test_short_body_is_not_stored(faulty_cache, fake):
+    data = os.urandom(1024 * 1024)
+    digest = digest_of(data)
+    fake.routes[f"/v2/{REPO}/blobs/{digest}"] = truncate(data, keep=300_000)
+    status, body, complete = read_blob(faulty_cache, fake.ns, digest)
+    assert status == 200 and not complete
+    assert body == data[: len(body)] and len(body) < len(data)
+    assert_nothing_stored(faulty_cache, digest)
+
+
+def test_dropped_connection_mid_body_is_not_stored(faulty_cache, fake):
+    data = os.urandom(1024 * 1024)
+    digest = digest_of(data)
+    fake.routes[f"/v2/{REPO}/blobs/{digest}"] = drop_after(data, keep=500_000)
+    status, body, complete = read_blob(faulty_cache, fake.ns, digest)
+    assert status == 200 and not complete
+    assert_nothing_stored(faulty_cache, digest)
+
+
+def test_stalled_upstream_is_abandoned_after_the_idle_timeout(faulty_cache, fake):
+    data = os.urandom(1024 * 1024)
+    digest = digest_of(data)
+    release = threading.Event()
+    fake.routes[f"/v2/{REPO}/blobs/{digest}"] = stall_after(data, 200_000, release)
+    started = time.monotonic()
+    try:
+        status, body, complete = read_blob(faulty_cache, fake.ns, digest)
+    finally:
+        release.set()
+    elapsed = time.monotonic() - started
+    assert status == 200 and not complete
+    assert body == data[: len(body)]
+    assert 1.5 < elapsed < 15, f"gave up after {elapsed:.1f}s with a 2s idle timeout"
+    assert_nothing_stored(faulty_cache, digest)
+
+
+def test_connection_dropped_before_headers_is_a_502_naming_the_registry(faulty_cache, fake):
+    digest = digest_of(b"never sent")
+    fake.routes[f"/v2/{REPO}/blobs/{digest}"] = drop_before_headers()
+    resp = faulty_cache.blob(fake.ns, REPO, digest)
+    assert resp.status == 502
+    error = json.loads(resp.body)["errors"][0]
+    assert fake.ns in error["message"]
+    assert_nothing_stored(faulty_cache, digest)
+
+
+def test_unreachable_registry_is_a_502_naming_it(make_regcache):
+    cache = make_regcache("--upstream", "gone.test=http://127.0.0.1:9")
+    resp = cache.manifest("gone.test", REPO, "1.0")
+    assert resp.status == 502
+    assert resp.header("Content-Type").startswith("application/json")
+    assert "gone.test" in json.loads(resp.body)["errors"][0]["message"]
+
+
+def test_manifest_with_a_lying_docker_content_digest_is_refused(faulty_cache, fake):
+    body = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "layers": []}).encode()
+    wrong = digest_of(b"something else")
+    fake.routes[f"/v2/{REPO}/manifests/1.0"] = serve(body, OCI_MANIFEST, Docker_Content_Digest=wrong)
+    resp = faulty_cache.manifest(fake.ns, REPO, "1.0")
+    assert resp.status == 502
+    assert json.loads(resp.body)["errors"][0]["code"] == "DIGEST_INVALID"
+    assert faulty_cache.stored_files("manifests") == [] and faulty_cache.stored_files("tags") == []
+
+
+def test_manifest_by_digest_whose_body_differs_is_refused(faulty_cache, fake):
+    body = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "layers": []}).encode()
+    asked = digest_of(b"the manifest we asked for")
+    fake.routes[f"/v2/{REPO}/manifests/{asked}"] = serve(body, OCI_MANIFEST)
+    resp = faulty_cache.manifest(fake.ns, REPO, asked)
+    assert resp.status == 502
+    assert faulty_cache.stored_files("manifests") == []
+
+
+def test_manifest_over_4_mib_is_refused(faulty_cache, fake):
+    body = b'{"schemaVersion": 2, "pad": "' + b"x" * (4 * 1024 * 1024) + b'"}'
+    fake.routes[f"/v2/{REPO}/manifests/huge"] = serve(body, OCI_MANIFEST)
+    resp = faulty_cache.manifest(fake.ns, REPO, "huge")
+    assert resp.status == 502
+    assert "exceeds" in json.loads(resp.body)["errors"][0]["message"]
+    assert faulty_cache.stored_files("manifests") == []
+
+
+def test_upstream_errors_pass_through_unchanged(faulty_cache, fake):
+    challenge = 'Bearer realm="http://127.0.0.1:1/token",service="fake"'
+    fake.routes[f"/v2/{REPO}/manifests/locked"] = lambda h: h.send_json(
+        401, b'{"errors":[{"code":"UNAUTHORIZED","message":"auth"}]}', {"WWW-Authenticate": challenge}
+    )
+    fake.routes[f"/v2/{REPO}/manifests/limited"] = lambda h: h.send_json(
+        429, b'{"errors":[{"code":"TOOMANYREQUESTS","message":"slow down"}]}', {"Retry-After": "30"}
+    )
+    fake.routes[f"/v2/{REPO}/manifests/broken"] = lambda h: h.send_json(503, b'{"errors":[]}')
+    locked = faulty_cache.manifest(fake.ns, REPO, "locked")
+    assert locked.status == 401 and locked.header("WWW-Authenticate") == challenge
+    limited = faulty_cache.manifest(fake.ns, REPO, "limited")
+    assert limited.status == 429 and limited.header("Retry-After") == "30"
+    assert b"slow down" in limited.body
+    assert faulty_cache.manifest(fake.ns, REPO, "broken").status == 503
+    assert faulty_cache.stored_files("manifests") == [] and faulty_cache.stored_files("tags") == []
+
+
+def test_manifest_requests_ask_for_identity_encoding(faulty_cache, fake):
+    body = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "layers": []}).encode()
+    fake.routes[f"/v2/{REPO}/manifests/1.0"] = serve(body, OCI_MANIFEST)
+    resp = faulty_cache.manifest(fake.ns, REPO, "1.0", Accept_Encoding="zstd, gzip")
+    assert resp.status == 200 and resp.body == body
+    [seen] = [s for s in fake.seen if s.path.endswith("/manifests/1.0")]
+    assert seen.headers.get("Accept-Encoding", "identity") == "identity"
