@@ -1,0 +1,118 @@
+"""Start, stop and crash as an operator meets them: SIGTERM drains, kill -9 leaves nothing served."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import subprocess
+import sys
+import threading
+import urllib.parse
+
+import pytest
+
+from regcache import __version__
+from tests.fakes import FakeUpstream, digest_of, serve, serve_throttled, stall_after
+from tests.peers.net import clean_env
+from tests.support import Regcache, blob_path, request, wait_until
+
+REPO = "life/app"
+
+
+@pytest.fixture
+def fake():
+    upstream = FakeUpstream()
+    yield upstream
+    upstream.close()
+
+
+def test_sigterm_lets_a_response_in_flight_finish_then_exits_0(make_regcache, fake):
+    data = os.urandom(8 * 1024 * 1024)
+    digest = digest_of(data)
+    fake.routes[f"/v2/{REPO}/blobs/{digest}"] = serve_throttled(data, seconds=2.0, pieces=20)
+    cache = make_regcache(*fake.upstream_arg())
+    conn = http.client.HTTPConnection("127.0.0.1", cache.port, timeout=30)
+    conn.request("GET", f"/v2/{REPO}/blobs/{digest}?ns={urllib.parse.quote(fake.ns)}")
+    resp = conn.getresponse()
+    first = resp.read(1024)
+    cache.proc.proc.send_signal(signal.SIGTERM)
+    # New connections are refused while the one in flight completes.
+    assert wait_until(lambda: _refused(cache.port), timeout=5)
+    body = first + resp.read()
+    assert body == data
+    assert cache.proc.proc.wait(timeout=30) == 0
+    assert "shutting down" in cache.log()
+
+
+def _refused(port: int) -> bool:
+    try:
+        request(f"http://127.0.0.1:{port}/healthz", timeout=1)
+        return False
+    except OSError:
+        return True
+
+
+def test_kill_9_mid_download_leaves_nothing_served_and_the_next_pull_works(make_regcache, fake, scratch):
+    data = os.urandom(4 * 1024 * 1024)
+    digest = digest_of(data)
+    release = threading.Event()
+    fake.routes[f"/v2/{REPO}/blobs/{digest}"] = stall_after(data, 1024 * 1024, release)
+    cache_dir = scratch / "cache"
+    first = make_regcache(*fake.upstream_arg(), cache_dir=cache_dir)
+    conn = http.client.HTTPConnection("127.0.0.1", first.port, timeout=30)
+    conn.request("GET", f"/v2/{REPO}/blobs/{digest}?ns={urllib.parse.quote(fake.ns)}")
+    resp = conn.getresponse()
+    resp.read(512 * 1024)
+    assert wait_until(lambda: any(p.stat().st_size > 0 for p in first.staging_files()), timeout=5)
+    first.kill9()
+    release.set()
+    conn.close()
+    assert first.staging_files(), "the crash left a partial download behind"
+    assert not blob_path(cache_dir, digest).exists()
+
+    fake.routes[f"/v2/{REPO}/blobs/{digest}"] = serve(data)
+    second = make_regcache(*fake.upstream_arg(), cache_dir=cache_dir)
+    assert second.staging_files() == [], "start-up clears interrupted downloads"
+    assert "removed 1 interrupted downloads" in second.log()
+    resp = second.blob(fake.ns, REPO, digest)
+    assert resp.status == 200 and resp.body == data
+    assert blob_path(cache_dir, digest).read_bytes() == data
+
+
+def test_a_blob_removed_from_outside_is_fetched_again(make_regcache, fake):
+    data = os.urandom(256 * 1024)
+    digest = digest_of(data)
+    fake.routes[f"/v2/{REPO}/blobs/{digest}"] = serve(data)
+    cache = make_regcache(*fake.upstream_arg())
+    assert cache.blob(fake.ns, REPO, digest).body == data
+    blob_path(cache.cache_dir, digest).unlink()  # an operator's clean-up job
+    again = cache.blob(fake.ns, REPO, digest)
+    assert again.status == 200 and again.body == data
+    assert fake.count(f"/v2/{REPO}/blobs/{digest}") == 2
+
+
+def test_unknown_option_and_bad_values_stop_start_up_with_a_message(scratch):
+    for args, words in [
+        (["--no-such-option"], "--no-such-option"),
+        (["-m", "maybe"], "--cache-manifests"),
+        (["--upstream", "nonsense"], "NS=URL"),
+        (["-b", "bucket"], "--bucket"),
+        (["-f", str(scratch / "missing.yaml")], "--creds-file"),
+    ]:
+        proc = Regcache(args, cache_dir=scratch / "c")
+        code = _run_to_exit(proc)
+        assert code == 2, (args, proc.log())
+        assert words in proc.log() and "Traceback" not in proc.log()
+
+
+def _run_to_exit(instance: Regcache) -> int:
+    argv = [sys.executable, "-m", "regcache", "-p", str(instance.port), "-d", str(instance.cache_dir), *instance.args]
+    done = subprocess.run(argv, capture_output=True, text=True, env=clean_env(), timeout=30)
+    instance.log_path.write_text(done.stdout + done.stderr)
+    return done.returncode
+
+
+def test_version():
+    out = subprocess.run([sys.executable, "-m", "regcache", "--version"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and __version__ in out.stdout
