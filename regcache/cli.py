@@ -39,7 +39,10 @@ def build_parser() -> configargparse.ArgumentParser:
         formatter_class=configargparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
-        "-c", "--config", is_config_file=True, env_var="REGCACHE_CONFIG",
+        "-c",
+        "--config",
+        is_config_file=True,
+        env_var="REGCACHE_CONFIG",
         help="YAML config file; keys are the long option names",
     )
     parser.add_argument("-b", "--bucket", help="S3 bucket shared by replicas (S3 tier)")

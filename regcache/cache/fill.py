@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 # Bytes withheld from readers until the download verifies.
 HOLDBACK = 1
+# Chunks written in one system call at most (IOV_MAX is 1024).
+MAX_BATCH = 512
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,8 @@ class Fill:
         self.error: RegcacheError | None = None
         self.readers = 0
         self._waiters: list[asyncio.Future[None]] = []
+        self._pending: list[bytes] = []
+        self._flush_scheduled = False
 
     # --- Sink ---------------------------------------------------------------------------------
     def on_headers(self, status: int, headers: HTTPHeaders) -> bool:
@@ -67,10 +71,23 @@ class Fill:
         return True
 
     def on_chunk(self, chunk: bytes) -> None:
+        """Batch chunks: they are written, hashed and announced once per event-loop turn."""
         if self.error is not None:
             return
+        self._pending.append(chunk)
+        if len(self._pending) >= MAX_BATCH:
+            self._write_pending()
+        elif not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._write_pending)
+
+    def _write_pending(self) -> None:
+        self._flush_scheduled = False
+        pending, self._pending = self._pending, []
+        if not pending or self.error is not None:
+            return
         try:
-            self.staging.append(chunk)
+            self.staging.append(pending)
         except OSError as exc:
             metrics.STORAGE_ERRORS.labels("staging", "write").inc()
             self._fail(UpstreamError(self.registry, f"cannot stage download: {exc.strerror}"))
@@ -96,6 +113,7 @@ class Fill:
                 # Not a 2xx: the client gets the upstream's answer as it is; nothing is stored.
                 self.head.set_result(FillHead(response, len(response.body)))
                 return
+            self._write_pending()
             if self.error is not None:
                 return
             self._verify()

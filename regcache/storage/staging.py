@@ -29,13 +29,18 @@ class StagingFile:
         self.size = 0
         self._hash = hashlib.sha256()
 
-    def append(self, chunk: bytes) -> None:
-        view = memoryview(chunk)
-        while view:
-            written = os.write(self.fd, view)
-            view = view[written:]
-        self._hash.update(chunk)
-        self.size += len(chunk)
+    def append(self, chunks: list[bytes]) -> None:
+        """Write and hash a batch of chunks with one system call (curl hands over 16 KiB pieces)."""
+        total = sum(len(c) for c in chunks)
+        written = os.writev(self.fd, chunks)
+        if written < total:
+            # A short write (rare: signals, nearly full disk): finish the rest piece by piece.
+            rest = memoryview(b"".join(chunks))[written:]
+            while rest:
+                rest = rest[os.write(self.fd, rest) :]
+        for chunk in chunks:
+            self._hash.update(chunk)
+        self.size += total
 
     def digest(self) -> Digest:
         return Digest("sha256", self._hash.hexdigest())

@@ -12,7 +12,7 @@ import shutil
 import signal
 import subprocess
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -65,13 +65,32 @@ _live: set[ManagedProcess] = set()
 _live_lock = threading.Lock()
 
 
+_cleanups: dict[int, Callable[[], None]] = {}
+
+
 @atexit.register
 def _kill_all() -> None:
     """Safety net: never leave a daemon behind when the test interpreter exits."""
+    for key in list(_cleanups):
+        fn = _cleanups.pop(key, None)
+        if fn is not None:
+            try:
+                fn()
+            except Exception:  # noqa: BLE001 - best effort at exit
+                pass
     with _live_lock:
         procs = list(_live)
     for p in procs:
         p.kill()
+
+
+def on_exit(owner: object, fn: Callable[[], None] | None) -> None:
+    """Run `fn` at interpreter exit unless cleared with on_exit(owner, None) first: peers use
+    it for what killing their process leaves behind (sockets, mounts, temp dirs)."""
+    if fn is None:
+        _cleanups.pop(id(owner), None)
+    else:
+        _cleanups[id(owner)] = fn
 
 
 class ManagedProcess:

@@ -7,12 +7,14 @@ that the registry got exactly these manifest bytes.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import hashlib
 import io
 import json
 import os
 import platform
+import shutil
 import struct
 import subprocess
 import tarfile
@@ -64,7 +66,10 @@ def _remember(layer: bytes, diff_id: str) -> str:
 
 def diff_id(layer: bytes) -> str:
     """sha256 of the uncompressed tar inside a gzip'd layer (cached for layers built here)."""
-    digest = sha256_digest(layer)
+    return _diff_id(layer, sha256_digest(layer))
+
+
+def _diff_id(layer: bytes, digest: str) -> str:
     with _diff_ids_lock:
         known = _diff_ids.get(digest)
     if known is not None:
@@ -75,7 +80,10 @@ def diff_id(layer: bytes) -> str:
     for i in range(0, len(view), _CHUNK):
         h.update(d.decompress(view[i : i + _CHUNK]))
     h.update(d.flush())
-    return _remember(layer, "sha256:" + h.hexdigest())
+    known = "sha256:" + h.hexdigest()
+    with _diff_ids_lock:
+        _diff_ids[digest] = known
+    return known
 
 
 def make_layer(files: dict[str, bytes]) -> bytes:
@@ -225,14 +233,40 @@ def _canonical(obj: object) -> bytes:
     return json.dumps(obj, separators=(",", ":"), sort_keys=True).encode()
 
 
+_BIG_BLOB = 1 << 20
+_blob_cache: Path | None = None
+
+
+def _blob_cache_dir() -> Path:
+    """A per-process store of big blobs, hard-linked into layouts: writing 256 MiB costs
+    ~1.2 s on a slow disk, and each test tends to build its own layout."""
+    global _blob_cache
+    if _blob_cache is None:
+        _blob_cache = Path(tempfile.mkdtemp(prefix="regcache-blobs-"))
+        atexit.register(shutil.rmtree, _blob_cache, True)
+    return _blob_cache
+
+
 def _write_blob(layout: Path, data: bytes, digest: str | None = None) -> str:
     digest = digest or sha256_digest(data)
     path = layout / "blobs" / "sha256" / digest.split(":", 1)[1]
-    if not path.exists() or path.stat().st_size != len(data):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(data)
-        tmp.replace(path)
+    if path.exists() and path.stat().st_size == len(data):
+        return digest
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if len(data) >= _BIG_BLOB:
+        cached = _blob_cache_dir() / path.name
+        if not cached.exists():
+            tmp = cached.with_suffix(".tmp")
+            tmp.write_bytes(data)
+            tmp.replace(cached)
+        try:
+            os.link(cached, path)
+            return digest
+        except OSError:  # another filesystem: fall back to writing
+            pass
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
     return digest
 
 
@@ -274,8 +308,10 @@ def build_image(
     layout = Path(layout_dir)
     _init_layout(layout)
     arch = architecture or host_architecture()
-    layer_digests = tuple(_write_blob(layout, layer) for layer in layers)
-    diff_ids = tuple(diff_id(layer) for layer in layers)
+    layer_digests = tuple(sha256_digest(layer) for layer in layers)  # hashed once: 256 MiB is slow
+    diff_ids = tuple(_diff_id(layer, d) for layer, d in zip(layers, layer_digests, strict=True))
+    for layer, d in zip(layers, layer_digests, strict=True):
+        _write_blob(layout, layer, d)
     config: dict[str, object] = {
         "architecture": arch,
         "os": os_name,

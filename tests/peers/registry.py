@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from tests.peers.binaries import ManagedProcess, require
+from tests.peers.binaries import ManagedProcess, on_exit, require
 from tests.peers.net import clean_env, free_port, http_status, wait_for_http
 
 
@@ -190,6 +190,7 @@ class Registry:
         )
         proc.start()
         self._proc = proc
+        on_exit(self, self.close)
         try:
             wait_for_http(f"{self.url}/v2/", timeout, (200, 401), alive=proc.alive)
         except (TimeoutError, RuntimeError) as e:
@@ -207,6 +208,7 @@ class Registry:
     def close(self) -> None:
         """stop() and delete the working directory if this object created it."""
         self.stop()
+        on_exit(self, None)
         if self._own_dir:
             shutil.rmtree(self.dir, ignore_errors=True)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from tests.peers.binaries import ManagedProcess, require
+from tests.peers.binaries import ManagedProcess, on_exit, require
 from tests.peers.net import clean_env, free_port, wait_for_http
 from tests.peers.registry import S3Storage
 
@@ -105,6 +105,7 @@ class SeaweedS3:
         proc = ManagedProcess(argv, log=self.log_path, env=env, cwd=self.dir)
         proc.start()
         self._proc = proc
+        on_exit(self, self.close)
         try:
             wait_for_http(f"{self.endpoint}/", timeout, range(200, 600), alive=proc.alive)
             self._wait_signed(t0 + timeout)
@@ -190,6 +191,7 @@ class SeaweedS3:
 
     def close(self) -> None:
         self.stop()
+        on_exit(self, None)
         if self._own_dir:
             shutil.rmtree(self.dir, ignore_errors=True)
 

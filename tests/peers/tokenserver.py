@@ -110,7 +110,9 @@ class TokenServer:
         server.daemon_threads = True
         self._server = server
         self.port = server.server_address[1]
-        self._thread = threading.Thread(target=server.serve_forever, name="tokenserver", daemon=True)
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="tokenserver", daemon=True
+        )
         self._thread.start()
         return self
 

