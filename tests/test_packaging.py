@@ -43,7 +43,7 @@ CONF = ROOT / "conf"
 K8S = CONF / "k8s"
 
 # Options that are not settings, and so have no config-file key or environment variable.
-NOT_SETTINGS = {"help", "version", "config_file"}
+NOT_SETTINGS = {"help", "version", "config"}
 
 
 # --- the Dockerfile, run without Docker ------------------------------------------------------------

@@ -15,7 +15,8 @@ import json
 import re
 import socket
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,11 +116,13 @@ class RecordingForwarder:
 
     Put in front of SeaweedFS's S3 port and named as distribution's `regionendpoint`, it sees
     every request to "S3": the registry's own and those that follow its presigned redirects.
-    Forwarding bytes unchanged keeps the Host header the signatures were made for.
+    Forwarding bytes unchanged keeps the Host header the signatures were made for. `delay`
+    (request method, target, first bytes of the answer) -> seconds holds chosen answers back.
     """
 
-    def __init__(self, target_port: int) -> None:
+    def __init__(self, target_port: int, delay: Callable[[str, str, bytes], float] | None = None) -> None:
         self.target_port = target_port
+        self._delay = delay
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
         self._lock = threading.Lock()
@@ -131,7 +134,7 @@ class RecordingForwarder:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> RecordingForwarder:
-        threading.Thread(target=self._accept, name="s3-recorder", daemon=True).start()
+        threading.Thread(target=self._accept, name="recording-forwarder", daemon=True).start()
         return self
 
     def stop(self) -> None:
@@ -154,16 +157,7 @@ class RecordingForwarder:
     def requests(self) -> list[SeenRequest]:
         with self._lock:
             streams = [bytes(s) for s in self._streams]
-        seen = []
-        for stream in streams:
-            for match in _REQUEST_HEAD.finditer(stream):
-                headers = {}
-                for line in match[3].decode("latin-1").split("\r\n"):
-                    name, _, value = line.partition(":")
-                    if name:
-                        headers[name.strip().lower()] = value.strip()
-                seen.append(SeenRequest(match[1].decode(), match[2].decode("latin-1"), headers))
-        return seen
+        return [request for stream in streams for request in _parse_requests(stream)]
 
     def _accept(self) -> None:
         while True:
@@ -183,19 +177,24 @@ class RecordingForwarder:
         with self._lock:
             self._streams.append(stream)
             self._sockets += [client, server]
-        upward = threading.Thread(target=self._pump, args=(client, server, stream), daemon=True)
+        upward = threading.Thread(target=self._pump, args=(client, server, stream, True), daemon=True)
         upward.start()
-        self._pump(server, client, None)
+        self._pump(server, client, stream, False)
         upward.join()
         client.close()
         server.close()
 
-    def _pump(self, src: socket.socket, dst: socket.socket, record: bytearray | None) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket, stream: bytearray, upward: bool) -> None:
         try:
             while chunk := src.recv(1 << 16):
-                if record is not None:
+                if upward:
                     with self._lock:
-                        record += chunk
+                        stream += chunk
+                elif self._delay is not None and chunk.startswith(b"HTTP/1."):
+                    with self._lock:
+                        sent = _parse_requests(bytes(stream))
+                    if sent:
+                        time.sleep(self._delay(sent[-1].method, sent[-1].target, chunk))
                 dst.sendall(chunk)
         except OSError:
             pass
@@ -203,6 +202,18 @@ class RecordingForwarder:
             dst.shutdown(socket.SHUT_WR)
         except OSError:
             pass
+
+
+def _parse_requests(stream: bytes) -> list[SeenRequest]:
+    seen = []
+    for match in _REQUEST_HEAD.finditer(stream):
+        headers = {}
+        for line in match[3].decode("latin-1").split("\r\n"):
+            name, _, value = line.partition(":")
+            if name:
+                headers[name.strip().lower()] = value.strip()
+        seen.append(SeenRequest(match[1].decode(), match[2].decode("latin-1"), headers))
+    return seen
 
 
 @pytest.fixture(scope="module")
@@ -399,6 +410,35 @@ def test_token_creds_one_token_per_repository(make_regcache, token_upstream, ima
     assert ts.issued == 2
     assert all(r.authorization == basic(TOKEN_USER, TOKEN_PASSWORD) for r in ts.requests)
     assert_no_secrets(cache, secrets_of(TOKEN_USER, TOKEN_PASSWORD) + ts.secrets())
+
+
+def test_concurrent_first_requests_share_one_token(make_regcache, token_upstream, image, tmp_path):
+    """A challenge that arrives after another request of the same repository got its token is
+    answered with that token, not with a second fetch (what many nodes pulling one image do)."""
+    ts, registry, ns = token_upstream.server, token_upstream.registry, token_upstream.ns
+
+    def slow_challenges(method: str, target: str, answer: bytes) -> float:
+        # Both requests go up before any token exists; the blob's 401 returns after the
+        # manifest's has been answered with a token.
+        if not answer.startswith(b"HTTP/1.1 401"):
+            return 0.0
+        return 0.8 if "/blobs/" in target else 0.2
+
+    forwarder = RecordingForwarder(registry.port, delay=slow_challenges).start()
+    try:
+        creds = write_creds(tmp_path / "creds.yaml", ns, TOKEN_USER, TOKEN_PASSWORD)
+        cache = make_regcache("--upstream", f"{ns}={forwarder.url}", "-f", str(creds))
+        with ThreadPoolExecutor(2) as pool:
+            head = pool.submit(cache.manifest, ns, REPO, image.tag, method="HEAD")
+            blob = pool.submit(cache.blob, ns, REPO, image.config_digest)
+            head_status, blob = head.result().status, blob.result()
+        unauthenticated = [r for r in forwarder.requests() if "authorization" not in r.headers]
+    finally:
+        forwarder.stop()
+    assert head_status == 200
+    assert blob.status == 200 and blob.body == image.config_bytes
+    assert len(unauthenticated) == 2, "test setup: both requests should have gone up before any token existed"
+    assert len(ts.requests_for(REPO)) == 1, "the second challenge fetched another token instead of reusing the first"
 
 
 def test_token_is_fetched_again_when_it_expires(make_regcache, token_upstream, image, tmp_path):
