@@ -9,6 +9,7 @@ from pathlib import Path
 
 from regcache import metrics
 from regcache.cache.fill import Fill, FillMap
+from regcache.errors import StorageError
 from regcache.oci.reference import BlobRef
 from regcache.storage.base import ObjectReader, blob_key
 from regcache.storage.staging import StagingFile
@@ -72,7 +73,15 @@ class BlobService:
         if fill is not None:
             metrics.FILL_JOINS.inc()
             return FillingBlob(fill, fill.attach(), joined=True)
-        fill = Fill(key, ref.registry, ref.digest, StagingFile(self._staging_root))
+        try:
+            staging = StagingFile(self._staging_root)
+        except OSError as exc:
+            metrics.STORAGE_ERRORS.labels("staging", "create").inc()
+            log.warning("cannot stage a download in %s: %s", self._staging_root, exc)
+            raise StorageError(
+                f"cache storage unavailable ({exc.strerror}); fetch {ref.digest} from the registry"
+            ) from exc
+        fill = Fill(key, ref.registry, ref.digest, staging)
         request = self._request(ref, client, "GET")
 
         async def fetch(sink: Fill) -> UpstreamResponse:

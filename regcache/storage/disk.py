@@ -64,7 +64,9 @@ class DiskTier:
     async def put_small(self, key: str, data: bytes) -> None:
         target = self._path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
-        temp = self.root / STAGING_DIR / f"small-{uuid.uuid4().hex}"
+        staging = self.root / STAGING_DIR
+        staging.mkdir(parents=True, exist_ok=True)
+        temp = staging / f"small-{uuid.uuid4().hex}"
         temp.write_bytes(data)
         os.replace(temp, target)
 

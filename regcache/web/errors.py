@@ -11,6 +11,7 @@ from regcache.errors import (
     DigestMismatch,
     ManifestTooLarge,
     SizeMismatch,
+    StorageError,
     UpstreamError,
 )
 
@@ -34,6 +35,9 @@ def error_for(exc: BaseException | None, status: int) -> tuple[int, str, str]:
         return 502, "MANIFEST_INVALID", str(exc)
     if isinstance(exc, UpstreamError):
         return 502, "UNAVAILABLE", str(exc)
+    if isinstance(exc, StorageError):
+        # 503 sends containerd to the next host (the registry itself) at once.
+        return 503, "UNAVAILABLE", str(exc)
     if status == 405 or (isinstance(exc, HTTPError) and exc.status_code == 405):
         return 405, "UNSUPPORTED", "method not allowed: regcache is a pull-only mirror"
     if isinstance(exc, HTTPError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import signal
 import subprocess
@@ -116,3 +117,28 @@ def _run_to_exit(instance: Regcache) -> int:
 def test_version():
     out = subprocess.run([sys.executable, "-m", "regcache", "--version"], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0 and __version__ in out.stdout
+
+
+def test_broken_cache_storage_sends_cold_blobs_elsewhere_and_keeps_serving_what_it_has(make_regcache, fake):
+    cached = os.urandom(64 * 1024)
+    cold = os.urandom(64 * 1024)
+    manifest = b'{"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json", "layers": []}'
+    for data in (cached, cold):
+        fake.routes[f"/v2/{REPO}/blobs/{digest_of(data)}"] = serve(data)
+    fake.routes[f"/v2/{REPO}/manifests/1.0"] = serve(manifest, "application/vnd.oci.image.manifest.v1+json")
+    cache = make_regcache(*fake.upstream_arg())
+    assert cache.blob(fake.ns, REPO, digest_of(cached)).body == cached
+    # The cache dir stops taking writes (a full or read-only disk looks the same to a writer).
+    staging = cache.cache_dir / "staging"
+    staging.rename(cache.cache_dir / "staging.moved")
+    staging.write_text("not a directory")
+    resp = cache.blob(fake.ns, REPO, digest_of(cold))
+    # 503 makes containerd fetch from the registry itself at once: the pull does not fail.
+    assert resp.status == 503
+    error = json.loads(resp.body)["errors"][0]
+    assert error["code"] == "UNAVAILABLE" and "storage" in error["message"]
+    assert cache.blob(fake.ns, REPO, digest_of(cached)).body == cached
+    # Manifests are fetched whole, so they are still served, just not stored.
+    got = cache.manifest(fake.ns, REPO, "1.0")
+    assert got.status == 200 and got.body == manifest
+    assert cache.metrics()['regcache_storage_errors_total{op="create",tier="staging"}'] == 1
