@@ -173,3 +173,12 @@ def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02) -> bool
 
 def log_lines(text: str, pattern: str) -> list[str]:
     return [line for line in text.splitlines() if re.search(pattern, line)]
+
+
+def stored_blob(cache_dir: Path, digest: str, timeout: float = 10.0) -> bytes:
+    """The stored bytes of a blob, once stored: a download is committed (fsync, rename) just
+    after its client got the last byte, so a test that looks at once may need to wait a moment."""
+    path = blob_path(cache_dir, digest)
+    if not wait_until(path.exists, timeout=timeout):
+        raise AssertionError(f"{digest} was not stored in {cache_dir}")
+    return path.read_bytes()

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 from regcache import metrics
-from regcache.cache.fill import Fill, FillMap
-from regcache.errors import StorageError
+from regcache.cache.fill import Fill, FillHead, FillMap
+from regcache.errors import RegcacheError, StorageError
 from regcache.oci.reference import BlobRef
 from regcache.storage.base import ObjectReader, blob_key
 from regcache.storage.staging import StagingFile
@@ -27,20 +28,25 @@ class ClientContext:
     authorization: str | None
     accept: tuple[str, ...] = ()
 
+    def credential_key(self) -> str:
+        """Tells requests made with different credentials apart, without keeping them."""
+        return hashlib.sha256(self.authorization.encode()).hexdigest() if self.authorization else ""
+
 
 @dataclass
 class StoredBlob:
     reader: ObjectReader
-    source: str
 
 
 @dataclass
 class FillingBlob:
-    """A reader attached to a download in flight (its own descriptor on the staging file)."""
+    """A reader attached to a download (its own descriptor on the staging file), whose upstream
+    answered 2xx; `hit` when the download had already verified when this reader joined."""
 
     fill: Fill
     fd: int
-    joined: bool
+    head: FillHead
+    hit: bool
 
 
 @dataclass
@@ -59,20 +65,44 @@ class BlobService:
         self._staging_root = staging_root
 
     async def open(self, ref: BlobRef, client: ClientContext) -> BlobAnswer:
-        if ref.digest.verifiable:
-            key = blob_key(ref.digest)
+        key = blob_key(ref.digest) if ref.digest.verifiable else None
+        if key is not None:
             found = await self._store.open(key)
             if found is not None:
-                reader, source = found
-                return StoredBlob(reader, source)
-        else:
-            key = f"passthrough/{uuid.uuid4().hex}"
+                return StoredBlob(found[0])
         if client.method == "HEAD":
             return PassedThrough(await self._upstream.fetch(self._request(ref, client, "HEAD")))
-        fill = self._fills.get(key)
-        if fill is not None:
-            metrics.FILL_JOINS.inc()
-            return FillingBlob(fill, fill.attach(), joined=True)
+        fill = self._fills.get(key) if key is not None else None
+        if fill is not None and fill.error is None:
+            joined = await self._join(fill, ref, client)
+            if joined is not None:
+                return joined
+        return await self._start(ref, client, key)
+
+    async def _join(self, fill: Fill, ref: BlobRef, client: ClientContext) -> BlobAnswer | None:
+        """Read along with a download in flight; None when its answer was meant for someone else.
+
+        One download serves every client of a digest, but an error answer (401 with another
+        repository's challenge, 404 in another registry) belongs to the request that got it.
+        """
+        metrics.FILL_JOINS.inc()
+        verified = fill.verified
+        fd = fill.attach()
+        try:
+            head = await fill.head
+        except RegcacheError:
+            fill.detach(fd)
+            if fill.identity == self._identity(ref, client):
+                raise
+            return None
+        if head.ok:
+            return FillingBlob(fill, fd, head, hit=verified)
+        fill.detach(fd)
+        if fill.identity == self._identity(ref, client):
+            return PassedThrough(head.response)
+        return None
+
+    async def _start(self, ref: BlobRef, client: ClientContext, key: str | None) -> BlobAnswer:
         try:
             staging = StagingFile(self._staging_root)
         except OSError as exc:
@@ -81,18 +111,34 @@ class BlobService:
             raise StorageError(
                 f"cache storage unavailable ({exc.strerror}); fetch {ref.digest} from the registry"
             ) from exc
-        fill = Fill(key, ref.registry, ref.digest, staging)
+        # The map key is the store key unless another download of it is still in the map (one
+        # whose answer was not for this client); unverifiable digests are never coalesced.
+        map_key = key if key is not None and self._fills.get(key) is None else f"private/{uuid.uuid4().hex}"
+        fill = Fill(map_key, ref.registry, ref.digest, staging, self._identity(ref, client))
         request = self._request(ref, client, "GET")
 
         async def fetch(sink: Fill) -> UpstreamResponse:
             return await self._upstream.fetch(request, sink)
 
         async def commit(staging: StagingFile) -> bool:
+            assert key is not None
             return await self._store.commit(key, staging)
 
         fd = fill.attach()
-        self._fills.start(fill, fetch, commit if ref.digest.verifiable else None)
-        return FillingBlob(fill, fd, joined=False)
+        self._fills.start(fill, fetch, commit if key is not None else None)
+        try:
+            head = await fill.head
+        except RegcacheError:
+            fill.detach(fd)
+            raise
+        if not head.ok:
+            fill.detach(fd)
+            return PassedThrough(head.response)
+        return FillingBlob(fill, fd, head, hit=False)
+
+    @staticmethod
+    def _identity(ref: BlobRef, client: ClientContext) -> tuple[str, str, str]:
+        return (ref.registry, ref.repo, client.credential_key())
 
     @staticmethod
     def _request(ref: BlobRef, client: ClientContext, method: str) -> UpstreamRequest:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from tornado.httputil import HTTPHeaders
 
 from regcache import metrics
-from regcache.errors import DigestMismatch, RegcacheError, SizeMismatch, UpstreamError
+from regcache.errors import DigestMismatch, RegcacheError, SizeMismatch, StorageError, UpstreamError
 from regcache.oci.digest import Digest
 from regcache.storage.staging import StagingFile
 from regcache.upstream.client import UpstreamResponse
@@ -47,8 +47,11 @@ class FillHead:
 class Fill:
     """Downloads one object; implements the upstream client's Sink."""
 
-    def __init__(self, key: str, registry: str, expected: Digest | None, staging: StagingFile) -> None:
+    def __init__(
+        self, key: str, registry: str, expected: Digest | None, staging: StagingFile, identity: tuple[str, ...] = ()
+    ) -> None:
         self.key = key
+        self.identity = identity
         self.registry = registry
         self.expected = expected
         self.staging = staging
@@ -58,7 +61,6 @@ class Fill:
         self.verified = False
         self.committed = False
         self.error: RegcacheError | None = None
-        self.readers = 0
         self._waiters: list[asyncio.Future[None]] = []
         self._pending: list[bytes] = []
         self._flush_scheduled = False
@@ -67,8 +69,20 @@ class Fill:
     def on_headers(self, status: int, headers: HTTPHeaders) -> bool:
         length = headers.get("Content-Length")
         self.size = int(length) if length and length.isdigit() else None
+        if self.size:
+            try:
+                # Claim the space now: a full disk is found before the client is answered (it
+                # then gets a 503 and goes to the registry), not half-way through the body.
+                self.staging.reserve(self.size)
+            except OSError as exc:
+                metrics.STORAGE_ERRORS.labels("staging", "reserve").inc()
+                raise StorageError(f"cache storage cannot hold {self.size} bytes ({exc.strerror})") from exc
         self.head.set_result(FillHead(UpstreamResponse(status, headers), self.size))
         return True
+
+    @property
+    def abandoned(self) -> bool:
+        return self.error is not None
 
     def on_chunk(self, chunk: bytes) -> None:
         """Batch chunks: they are written, hashed and announced once per event-loop turn."""
@@ -90,7 +104,7 @@ class Fill:
             self.staging.append(pending)
         except OSError as exc:
             metrics.STORAGE_ERRORS.labels("staging", "write").inc()
-            self._fail(UpstreamError(self.registry, f"cannot stage download: {exc.strerror}"))
+            self._fail(StorageError(f"cache storage failed mid-download ({exc.strerror})"))
             return
         self.written = self.staging.size
         self._wake()
@@ -106,7 +120,7 @@ class Fill:
         try:
             try:
                 response = await fetch(self)
-            except UpstreamError as exc:
+            except RegcacheError as exc:
                 self._fail(exc)
                 return
             if not self.head.done():
@@ -122,6 +136,8 @@ class Fill:
             self.verified = True
             self._wake()
             if commit is not None:
+                # On disk before it is visible: a power cut must not leave a renamed empty file.
+                await asyncio.get_running_loop().run_in_executor(None, self.staging.sync)
                 self.committed = await commit(self.staging)
             log.info(
                 "fill %s from %s: %d bytes in %.2fs%s",
@@ -170,17 +186,19 @@ class Fill:
     # --- readers ------------------------------------------------------------------------------
     def attach(self) -> int:
         """A reader's own descriptor on the staging file; call while the fill is in the map."""
-        self.readers += 1
         return self.staging.dup()
 
-    def detach(self, fd: int) -> None:
-        self.readers -= 1
+    @staticmethod
+    def detach(fd: int) -> None:
         os.close(fd)
 
-    async def readable(self, offset: int) -> int:
-        """How far a reader at `offset` may read; waits for more bytes, raises if the fill failed.
+    async def readable(self, offset: int, end: int | None = None) -> int:
+        """How far a reader at `offset`, reading up to `end`, may read now; waits for bytes.
 
-        Returns `offset` itself only at the verified end of the object.
+        Until the download verifies, the last byte of the object and the last byte of the
+        reader's range are held back, so no client ever holds a complete-looking body (whole
+        or ranged) of unverified bytes. Returns `offset` itself only at the verified end.
+        Raises the fill's error if it failed.
         """
         while True:
             if self.error is not None:
@@ -188,6 +206,8 @@ class Fill:
             if self.verified:
                 return self.written
             limit = max(0, self.written - HOLDBACK)
+            if end is not None:
+                limit = min(limit, end - HOLDBACK)
             if limit > offset:
                 return limit
             waiter = asyncio.get_running_loop().create_future()

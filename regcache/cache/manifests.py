@@ -8,7 +8,6 @@ same manifest with the same Accept and credentials share one upstream fetch.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import time
@@ -62,7 +61,7 @@ class ManifestService:
                 return ManifestAnswer("hit", manifest)
         # Skipped tags and HEADs of what we will not store go upstream as they came.
         method = "GET" if skip is None or client.method == "GET" else "HEAD"
-        key = (ref, method, client.accept, _credential_key(client.authorization))
+        key = (ref, method, client.accept, client.credential_key())
         inflight = self._inflight.get(key)
         if inflight is not None:
             return await asyncio.shield(inflight)
@@ -153,8 +152,3 @@ def _parse_json(data: bytes | None) -> dict | None:
     except ValueError:
         return None
     return value if isinstance(value, dict) else None
-
-
-def _credential_key(authorization: str | None) -> str:
-    """Coalesce only requests made with the same credentials, without keeping them in the key."""
-    return hashlib.sha256(authorization.encode()).hexdigest() if authorization else ""

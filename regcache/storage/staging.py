@@ -7,6 +7,7 @@ rename at commit or an unlink after a failure never pulls bytes from under them 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import shutil
@@ -41,6 +42,19 @@ class StagingFile:
         for chunk in chunks:
             self._hash.update(chunk)
         self.size += total
+
+    def reserve(self, size: int) -> None:
+        """Allocate the whole file up front; raises OSError (ENOSPC) when the disk cannot hold it.
+
+        The file then reads as `size` bytes with zeros past what was written; nothing reads
+        there (readers stop at `self.size`), and a download that ends short is discarded.
+        """
+        try:
+            os.posix_fallocate(self.fd, 0, size)
+        except OSError as exc:
+            if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL):
+                return  # a filesystem without fallocate: find out while writing instead
+            raise
 
     def digest(self) -> Digest:
         return Digest("sha256", self._hash.hexdigest())

@@ -104,12 +104,20 @@ class Authenticator:
     def forget(self, registry: str, repo: str) -> None:
         self._headers.pop((registry, repo), None)
 
-    async def answer(self, registry: str, repo: str, creds: Credentials, challenge_header: str) -> str | None:
+    async def answer(
+        self, registry: str, repo: str, creds: Credentials, challenge_header: str, rejected: str | None = None
+    ) -> str | None:
         """The Authorization header that answers a 401's challenge, or None if we cannot.
 
-        Concurrent callers for the same registry and repository share one token fetch.
+        `rejected` is the header the 401 refused (None when the request carried none). A request
+        that went up before another one obtained a token gets that token, not a second fetch;
+        concurrent callers for the same registry and repository share one token fetch.
         """
         key = (registry, repo)
+        current = self.cached_header(registry, repo)
+        if current is not None and current != rejected:
+            return current
+        self.forget(registry, repo)
         pending = self._pending.get(key)
         if pending is not None:
             return await asyncio.shield(pending)

@@ -33,7 +33,7 @@ from tornado.httputil import HTTPHeaders
 
 from regcache import __version__, metrics
 from regcache.config import Settings
-from regcache.errors import UpstreamError
+from regcache.errors import RegcacheError, UpstreamError
 from regcache.upstream.auth import Authenticator, TokenAnswer, TokenRequest
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,8 @@ REDIRECT_STATUSES = frozenset((301, 302, 303, 307, 308))
 MAX_REDIRECTS = 5
 MAX_ERROR_BODY = 1 << 20
 RECEIVE_BUFFER = 1 << 20
+# CURLOPT_SUPPRESS_CONNECT_HEADERS (libcurl 7.54+); not every pycurl build names it.
+SUPPRESS_CONNECT_HEADERS = getattr(pycurl, "SUPPRESS_CONNECT_HEADERS", 265)
 USER_AGENT = f"regcache/{__version__}"
 # Hop-by-hop and framing headers are the connection's business, not the content's.
 _NOT_FORWARDED = frozenset(
@@ -59,6 +61,7 @@ _NOT_FORWARDED = frozenset(
         "Date",
         "Server",
         "Set-Cookie",
+        "X-Http-Reason",
     )
 )
 
@@ -88,12 +91,20 @@ class UpstreamResponse:
 
 
 class Sink(Protocol):
-    """Receives a successful response's body as it streams, instead of it being buffered."""
+    """Receives a successful response's body as it streams, instead of it being buffered.
+
+    Either method may raise a RegcacheError to abandon the transfer (the upstream connection is
+    closed at once); `fetch` then raises that error.
+    """
 
     def on_headers(self, status: int, headers: HTTPHeaders) -> bool:
         """Called once with the final 2xx answer; True to stream its body into on_chunk."""
 
     def on_chunk(self, chunk: bytes) -> None: ...
+
+    @property
+    def abandoned(self) -> bool:
+        """True once the sink wants no more bytes (its own failure, e.g. a full disk)."""
 
 
 class _Attempt:
@@ -114,6 +125,13 @@ class _Attempt:
         self.truncated = False
         self.received = 0
         self.headers_at: float | None = None
+        self.error: RegcacheError | None = None
+
+    def should_stop(self) -> bool:
+        """Whether the transfer should be cut off now (checked by curl's write callback)."""
+        if self.error is not None or self.truncated:
+            return True
+        return self.streaming and self._sink is not None and self._sink.abandoned
 
     def header_line(self, line: str) -> None:
         if self.headers_done:
@@ -130,18 +148,27 @@ class _Attempt:
         if not self._lines:
             return
         first, *rest = self._lines
-        self.status = int(first.split(" ", 2)[1])
-        self.headers = HTTPHeaders()
-        for line in rest:
-            self.headers.parse_line(line)
-        if self.status == 100:
+        status = int(first.split(" ", 2)[1])
+        if 100 <= status < 200:
+            # An interim answer (100 Continue, 103 Early Hints): the real one follows.
             self._lines = []
             return
+        headers = HTTPHeaders()
+        for line in rest:
+            headers.parse_line(line)
+        self._headers_known(status, headers)
+
+    def _headers_known(self, status: int, headers: HTTPHeaders) -> None:
+        self.status = status
+        self.headers = headers
         self.headers_done = True
         self.headers_at = time.monotonic()
-        self.final = self._decide_final(self.status, self.headers)
-        if self.final and self._sink is not None and 200 <= self.status < 300:
-            self.streaming = self._sink.on_headers(self.status, self.headers)
+        self.final = self._decide_final(status, headers)
+        if self.final and self._sink is not None and 200 <= status < 300:
+            try:
+                self.streaming = self._sink.on_headers(status, headers)
+            except RegcacheError as exc:
+                self.error = exc
         pending, self._pending = self._pending, []
         for chunk in pending:
             self._deliver(chunk)
@@ -154,25 +181,27 @@ class _Attempt:
         self._deliver(chunk)
 
     def _deliver(self, chunk: bytes) -> None:
+        if self.error is not None or self.truncated:
+            return
         if self.streaming:
-            self._sink.on_chunk(chunk)
+            try:
+                self._sink.on_chunk(chunk)
+            except RegcacheError as exc:
+                self.error = exc
         elif len(self.body) + len(chunk) <= self._limit:
             self.body += chunk
         else:
+            # Over the limit: keep what fits, drop the rest, and stop the transfer.
             self.truncated = True
 
     def complete(self, response: HTTPResponse) -> None:
         """Called when the transfer ends: fills in what the callbacks may not have delivered."""
         if not self.headers_done and response.code != 599:
-            self.status = response.code
-            self.headers = response.headers
-            self.headers_done = True
-            self.final = self._decide_final(self.status, self.headers)
-            if self.final and self._sink is not None and 200 <= self.status < 300:
-                self.streaming = self._sink.on_headers(self.status, self.headers)
-            pending, self._pending = self._pending, []
-            for chunk in pending:
-                self._deliver(chunk)
+            headers = HTTPHeaders()
+            for name, value in response.headers.get_all():
+                if name != "X-Http-Reason":  # Tornado's, not the registry's
+                    headers.add(name, value)
+            self._headers_known(response.code, headers)
 
 
 class UpstreamClient:
@@ -235,7 +264,7 @@ class UpstreamClient:
                 return not (status == 401 and can_authenticate)
 
             attempt = _Attempt(sink, decide_final, request.buffered_limit)
-            response = await self._send(request.registry, method, url, request.headers, send_auth, attempt)
+            await self._send(request.registry, method, url, request.headers, send_auth, attempt)
             if not attempt.final:
                 if attempt.status in REDIRECT_STATUSES:
                     redirects += 1
@@ -245,14 +274,14 @@ class UpstreamClient:
                     continue
                 # A 401 we can answer with configured credentials.
                 auth_retried = True
-                self._auth.forget(request.registry, request.repo)
                 challenge = attempt.headers.get("WWW-Authenticate", "")
-                authorization = await self._auth.answer(request.registry, request.repo, creds, challenge)
+                authorization = await self._auth.answer(
+                    request.registry, request.repo, creds, challenge, rejected=send_auth
+                )
                 if authorization is not None:
                     continue
                 # The credentials were refused: the client gets the 401 and can authenticate itself.
                 attempt.final = True
-            del response
             return UpstreamResponse(attempt.status, attempt.headers, bytes(attempt.body), attempt.truncated)
 
     async def _send(
@@ -281,7 +310,7 @@ class UpstreamClient:
             header_callback=attempt.header_line,
             streaming_callback=attempt.chunk,
             ca_certs=self._ca_bundle,
-            prepare_curl_callback=lambda curl: self._prepare_curl(curl, proxy),
+            prepare_curl_callback=lambda curl: self._prepare_curl(curl, proxy, attempt),
         )
         started = time.monotonic()
         try:
@@ -291,20 +320,33 @@ class UpstreamClient:
             raise UpstreamError(registry, f"cannot reach {_origin(url)}: {exc}") from exc
         attempt.complete(response)
         metrics.UPSTREAM_BYTES.labels(registry).inc(attempt.received)
-        if response.code == 599 or not attempt.headers_done:
+        # A transfer we cut off ourselves (a sink's error, a body past its limit) is not a failure
+        # of the upstream's.
+        cut_off = attempt.error is not None or (attempt.truncated and attempt.headers_done)
+        if not cut_off and (response.code == 599 or not attempt.headers_done):
             metrics.UPSTREAM_REQUESTS.labels(registry, "error").inc()
             reason = str(response.error) if response.error else "no response"
             raise UpstreamError(registry, f"{method} {_origin(url)}: {reason}")
         metrics.UPSTREAM_REQUESTS.labels(registry, str(attempt.status)).inc()
+        if attempt.error is not None:
+            raise attempt.error
         if attempt.headers_at is not None:
             metrics.UPSTREAM_LATENCY.labels(registry).observe(attempt.headers_at - started)
         log.debug("upstream %s %s -> %d (%d bytes)", method, _redact(url), attempt.status, attempt.received)
         return response
 
-    def _prepare_curl(self, curl: pycurl.Curl, proxy: str | None) -> None:
+    def _prepare_curl(self, curl: pycurl.Curl, proxy: str | None, attempt: _Attempt | None = None) -> None:
         curl.setopt(pycurl.PROXY, proxy or "")
+        info = getattr(curl, "info", None)
+        buffer = info.get("streaming_buffer") if isinstance(info, dict) else None
+        if attempt is not None and buffer is not None:
+            # Tornado's streaming write function, wrapped so that we can cut a transfer off:
+            # writing nothing makes libcurl fail it (CURLE_WRITE_ERROR) and close the connection.
+            write = buffer.write
+            curl.setopt(pycurl.WRITEFUNCTION, lambda chunk: 0 if attempt.should_stop() else write(chunk))
         if proxy:
-            curl.setopt(pycurl.SUPPRESS_CONNECT_HEADERS, 1)
+            # The proxy's "200 Connection established" must not pass for the registry's answer.
+            curl.setopt(SUPPRESS_CONNECT_HEADERS, 1)
         curl.setopt(pycurl.BUFFERSIZE, RECEIVE_BUFFER)
         curl.setopt(pycurl.LOW_SPEED_LIMIT, 1)
         curl.setopt(pycurl.LOW_SPEED_TIME, max(1, int(self._idle_timeout)))

@@ -53,11 +53,13 @@ class BaseHandler(RequestHandler):
         self.registry = "-"
         self.body_bytes = 0
         self.aborted = False
+        self.tracked = False
 
     def prepare(self) -> None:
         tracker = self.services.get("tracker")
         if tracker is not None:
             tracker.started()
+            self.tracked = True
         if log.isEnabledFor(logging.DEBUG):
             shown = {
                 k: ("<redacted>" if k.lower() in ("authorization", "cookie") else v)
@@ -66,8 +68,9 @@ class BaseHandler(RequestHandler):
             log.debug("%s %s headers %s", self.request.method, self.request.path, shown)
 
     def on_finish(self) -> None:
+        # Requests refused before prepare() (bad method, undecodable path) were never counted.
         tracker = self.services.get("tracker")
-        if tracker is not None:
+        if tracker is not None and self.tracked:
             tracker.finished()
         metrics.REQUESTS.labels(self.kind, self.request.method, str(self.get_status())).inc()
 
@@ -219,7 +222,7 @@ class BlobHandler(BaseHandler):
             finally:
                 answer.fill.detach(answer.fd)
         else:
-            self._send_passed_through(answer)
+            self._send_passed_through(answer, ref.digest)
 
     async def head(self, repo: str, digest: str) -> None:
         await self.get(repo, digest, include_body=False)
@@ -255,7 +258,10 @@ class BlobHandler(BaseHandler):
             return
         position = byte_range.start
         while position < byte_range.end:
-            chunk = reader.read(position, min(CHUNK, byte_range.end - position))
+            try:
+                chunk = reader.read(position, min(CHUNK, byte_range.end - position))
+            except OSError:
+                chunk = b""
             if not chunk:
                 # The file shrank under us (removed from outside): never finish as if complete.
                 self.abort_connection()
@@ -266,52 +272,54 @@ class BlobHandler(BaseHandler):
             position += len(chunk)
 
     async def _send_filling(self, answer: FillingBlob, digest: Digest) -> None:
-        fill = answer.fill
-        head = await fill.head
-        if not head.ok:
-            self.cache_result = "skip"
-            metrics.CACHE_RESULTS.labels("skip").inc()
-            self.pass_through(head.response, include_body=True)
-            return
-        self.cache_result = "miss"
-        metrics.CACHE_RESULTS.labels("miss").inc()
+        fill, head = answer.fill, answer.head
+        # A reader that joins a download already verified reads cached bytes: a hit.
+        self.cache_result = "hit" if answer.hit else "miss"
+        metrics.CACHE_RESULTS.labels(self.cache_result).inc()
         self._blob_headers(digest)
-        if head.size is None:
-            byte_range = ByteRange(0, -1)
-        else:
+        end: int | None = None
+        position = 0
+        if head.size is not None:
             byte_range = self._select_range(head.size)
             if byte_range is None:
                 return
+            position, end = byte_range.start, byte_range.end
         # Headers go out now, before the body: containerd gives up on a mirror whose headers lag.
         try:
             await self.flush()
         except StreamClosedError:
             return
-        position = byte_range.start
-        end = byte_range.end
-        while end < 0 or position < end:
+        while end is None or position < end:
             try:
-                limit = await fill.readable(position)
+                limit = await fill.readable(position, end)
             except RegcacheError:
                 self.abort_connection()
                 return
+            if end is not None:
+                limit = min(limit, end)
             if limit <= position:
                 break
-            if end >= 0:
-                limit = min(limit, end)
-            chunk = os.pread(answer.fd, min(CHUNK, limit - position), position)
+            try:
+                chunk = os.pread(answer.fd, min(CHUNK, limit - position), position)
+            except OSError:
+                chunk = b""
             if not chunk:
                 self.abort_connection()
                 return
             if not await self.send_chunk(chunk):
                 return
-            metrics.SERVED_BYTES.labels("upstream").inc(len(chunk))
+            metrics.SERVED_BYTES.labels("disk" if answer.hit else "upstream").inc(len(chunk))
             position += len(chunk)
 
-    def _send_passed_through(self, answer: PassedThrough) -> None:
+    def _send_passed_through(self, answer: PassedThrough, digest: Digest) -> None:
         self.cache_result = "skip"
         metrics.CACHE_RESULTS.labels("skip").inc()
-        self.pass_through(answer.response, include_body=self.request.method != "HEAD")
+        response = answer.response
+        if 200 <= response.status < 300:
+            # A HEAD answered by a CDN after a redirect may lack these; containerd needs the digest.
+            response.headers["Docker-Content-Digest"] = str(digest)
+            response.headers.setdefault("Accept-Ranges", "bytes")
+        self.pass_through(response, include_body=self.request.method != "HEAD")
 
 
 class MetricsHandler(BaseHandler):

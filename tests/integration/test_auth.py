@@ -27,7 +27,7 @@ from tests.peers.images import Image, build_image, make_layer, push, random_laye
 from tests.peers.registry import Registry
 from tests.peers.seaweed import SeaweedS3
 from tests.peers.tokenserver import TokenRequest, TokenServer
-from tests.support import Regcache, blob_path, request, wait_until
+from tests.support import Regcache, request, stored_blob, wait_until
 
 REPO = "auth/app"
 OTHER_REPO = "auth/other"
@@ -316,7 +316,7 @@ def test_basic_upstream_without_creds_is_transparent(make_regcache, basic_regist
     # The client's own credentials go up with its request.
     pull_all(cache, ns, REPO, image, Authorization=basic(BASIC_USER, BASIC_PASSWORD))
     for digest in image.blob_digests:
-        assert blob_path(cache.cache_dir, digest).read_bytes() == image.blob(digest)
+        assert stored_blob(cache.cache_dir, digest) == image.blob(digest)
     assert_no_secrets(cache, secrets_of(BASIC_USER, BASIC_PASSWORD) + secrets_of(BASIC_USER, WRONG_PASSWORD))
 
 
@@ -537,7 +537,7 @@ def test_redirect_to_presigned_s3_never_carries_credentials(
         blob = cache.blob(ns, REPO, digest, **headers)
         assert blob.status == 200, blob.body
         assert blob.body == image.blob(digest)
-        assert blob_path(cache.cache_dir, digest).read_bytes() == image.blob(digest)
+        assert stored_blob(cache.cache_dir, digest) == image.blob(digest)
 
     seen = forwarder.requests()
     from_cache = [r for r in seen if r.user_agent.startswith("regcache/")]

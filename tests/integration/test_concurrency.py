@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import BIG_REPO
 from tests.fakes import FakeUpstream, digest_of, serve_throttled
-from tests.support import blob_path, wait_until
+from tests.support import blob_path, stored_blob, wait_until
 
 REPO = "conc/app"
 SIZE = 64 * 1024 * 1024
@@ -107,7 +107,7 @@ def test_eight_clients_share_one_download_and_a_slow_one_holds_back_nobody(make_
     samples = cache.metrics()
     assert samples["regcache_fill_joins_total"] == 7
     assert samples['containerd_cache_total{result="miss"}'] == 8
-    assert blob_path(cache.cache_dir, digest).read_bytes() == data
+    assert stored_blob(cache.cache_dir, digest) == data
     # A paused client costs a chunk, not the blob: memory stays far below the 64 MiB object.
     assert peak - rss_before < 24 * 1024 * 1024, f"RSS grew by {(peak - rss_before) >> 20} MiB"
     del started
@@ -123,7 +123,7 @@ def test_download_completes_into_the_cache_when_its_client_disconnects(make_regc
     resp.read(1024 * 1024)
     conn.close()  # the client goes away after 1 MiB
     assert wait_until(lambda: blob_path(cache.cache_dir, digest).exists(), timeout=15)
-    assert blob_path(cache.cache_dir, digest).read_bytes() == data
+    assert stored_blob(cache.cache_dir, digest) == data
     assert cache.blob(fake.ns, REPO, digest).body == data
     assert fake.count(f"/v2/{REPO}/blobs/{digest}") == 1
 

@@ -6,7 +6,7 @@ import pytest
 
 from tests.conftest import REPO
 from tests.peers.containerd import Containerd
-from tests.support import blob_path
+from tests.support import stored_blob
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,7 @@ def test_containerd_pulls_through_the_mirror_and_again_with_the_upstream_stopped
     access = [line for line in cache.log().splitlines() if "regcache.access" in line and "/v2/test/app/" in line]
     assert access and all(f"ns={upstream.ns}" in line for line in access)
     for digest in upstream.app.blob_digests:
-        assert blob_path(cache.cache_dir, digest).read_bytes() == upstream.app.blob(digest)
+        assert stored_blob(cache.cache_dir, digest) == upstream.app.blob(digest)
 
     containerd.remove_image(ref)
     containerd.remove_all_content()

@@ -16,7 +16,7 @@ import pytest
 from regcache import __version__
 from tests.fakes import FakeUpstream, digest_of, serve, serve_throttled, stall_after
 from tests.peers.net import clean_env
-from tests.support import Regcache, blob_path, request, wait_until
+from tests.support import Regcache, blob_path, request, stored_blob, wait_until
 
 REPO = "life/app"
 
@@ -78,7 +78,7 @@ def test_kill_9_mid_download_leaves_nothing_served_and_the_next_pull_works(make_
     assert "removed 1 interrupted downloads" in second.log()
     resp = second.blob(fake.ns, REPO, digest)
     assert resp.status == 200 and resp.body == data
-    assert blob_path(cache_dir, digest).read_bytes() == data
+    assert stored_blob(cache_dir, digest) == data
 
 
 def test_a_blob_removed_from_outside_is_fetched_again(make_regcache, fake):
@@ -87,6 +87,7 @@ def test_a_blob_removed_from_outside_is_fetched_again(make_regcache, fake):
     fake.routes[f"/v2/{REPO}/blobs/{digest}"] = serve(data)
     cache = make_regcache(*fake.upstream_arg())
     assert cache.blob(fake.ns, REPO, digest).body == data
+    assert stored_blob(cache.cache_dir, digest) == data
     blob_path(cache.cache_dir, digest).unlink()  # an operator's clean-up job
     again = cache.blob(fake.ns, REPO, digest)
     assert again.status == 200 and again.body == data
@@ -128,6 +129,7 @@ def test_broken_cache_storage_sends_cold_blobs_elsewhere_and_keeps_serving_what_
     fake.routes[f"/v2/{REPO}/manifests/1.0"] = serve(manifest, "application/vnd.oci.image.manifest.v1+json")
     cache = make_regcache(*fake.upstream_arg())
     assert cache.blob(fake.ns, REPO, digest_of(cached)).body == cached
+    assert stored_blob(cache.cache_dir, digest_of(cached)) == cached
     # The cache dir stops taking writes (a full or read-only disk looks the same to a writer).
     staging = cache.cache_dir / "staging"
     staging.rename(cache.cache_dir / "staging.moved")

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from tests.conftest import REPO
-from tests.support import blob_path
+from tests.support import blob_path, stored_blob
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 
@@ -60,7 +60,7 @@ def test_manifest_by_digest_and_blobs_cold_then_warm(cache, upstream):
         assert cold.body == app.blob(digest)
         assert cold.header("Docker-Content-Digest") == digest
         assert int(cold.header("Content-Length")) == len(app.blob(digest))
-        assert blob_path(cache.cache_dir, digest).read_bytes() == app.blob(digest)
+        assert stored_blob(cache.cache_dir, digest) == app.blob(digest)
     gets_before = {d: upstream.registry.blob_get_count(d) for d in app.blob_digests}
     for digest in app.blob_digests:
         warm = cache.blob(upstream.ns, REPO, digest)
@@ -108,7 +108,7 @@ def test_range_request_on_a_cold_blob_resumes_at_the_offset(cache, upstream):
     assert resumed.header("Content-Range") == f"bytes 1000000-{len(data) - 1}/{len(data)}"
     assert resumed.body == data[1000000:]
     # The whole blob was fetched and stored, not just the range.
-    assert blob_path(cache.cache_dir, digest).read_bytes() == data
+    assert stored_blob(cache.cache_dir, digest) == data
 
 
 def test_skip_tags_are_always_fetched_and_never_stored(cache, upstream):
@@ -152,7 +152,7 @@ def test_private_registry_manifests_are_not_cached_but_blobs_are(make_regcache, 
     assert not cache.stored_files("manifests") and not cache.stored_files("tags")
     digest = upstream.app.config_digest
     cache.blob(upstream.ns, REPO, digest)
-    assert blob_path(cache.cache_dir, digest).exists()
+    assert stored_blob(cache.cache_dir, digest)
 
 
 def test_cached_content_is_served_with_the_upstream_stopped(cache, upstream):
