@@ -8,6 +8,21 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+# Registry names come from clients (`ns`): label at most this many, the rest as "other", so a
+# client cannot grow the metrics without bound.
+MAX_REGISTRY_LABELS = 64
+_registry_labels: set[str] = set()
+
+
+def registry_label(registry: str) -> str:
+    if registry in _registry_labels:
+        return registry
+    if len(_registry_labels) < MAX_REGISTRY_LABELS:
+        _registry_labels.add(registry)
+        return registry
+    return "other"
+
+
 CACHE_RESULTS = Counter(
     "containerd_cache",
     "Manifest and blob requests by cache result: hit (served from cache), miss (fetched and "

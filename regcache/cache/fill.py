@@ -159,13 +159,13 @@ class Fill:
 
     def _verify(self) -> None:
         if self.size is not None and self.written != self.size:
-            metrics.VERIFICATION_FAILURES.labels(self.registry, "size").inc()
+            metrics.VERIFICATION_FAILURES.labels(metrics.registry_label(self.registry), "size").inc()
             self._fail(SizeMismatch(self.registry, self.size, self.written))
             return
         if self.expected is not None and self.expected.verifiable:
             actual = self.staging.digest()
             if actual != self.expected:
-                metrics.VERIFICATION_FAILURES.labels(self.registry, "digest").inc()
+                metrics.VERIFICATION_FAILURES.labels(metrics.registry_label(self.registry), "digest").inc()
                 self._fail(DigestMismatch(self.registry, str(self.expected), str(actual)))
 
     def _fail(self, error: RegcacheError) -> None:

@@ -120,24 +120,28 @@ class ManifestService:
             except BadRequest:
                 expected = None
         if expected is not None and expected.verifiable and expected != digest:
-            metrics.VERIFICATION_FAILURES.labels(ref.registry, "digest").inc()
+            metrics.VERIFICATION_FAILURES.labels(metrics.registry_label(ref.registry), "digest").inc()
             log.warning("manifest %s/%s:%s: %s", ref.registry, ref.repo, ref.reference, "digest mismatch; not stored")
             raise DigestMismatch(ref.registry, str(expected), str(digest))
         media_type = response.headers.get("Content-Type", mediatypes.OCTET_STREAM).split(";", 1)[0].strip()
         manifest = Manifest(digest, media_type, response.body)
         if not store:
             return ManifestAnswer("skip", manifest)
-        stored = await self._store_manifest(ref, manifest)
+        # What a tag resolves to depends on Accept: a client that takes no index gets one
+        # platform's manifest. Only an answer to a client that takes anything is the tag's.
+        accepted = mediatypes.accepted_types(list(client.accept))
+        tag_fits_everyone = accepted is None or bool(accepted & mediatypes.INDEX_TYPES)
+        stored = await self._store_manifest(ref, manifest, write_tag=tag_fits_everyone)
         return ManifestAnswer("miss" if stored else "skip", manifest)
 
-    async def _store_manifest(self, ref: ManifestRef, manifest: Manifest) -> bool:
+    async def _store_manifest(self, ref: ManifestRef, manifest: Manifest, write_tag: bool) -> bool:
         """Manifest first, then its metadata, then the tag: a tag never points at nothing."""
         meta = {"media_type": manifest.media_type, "size": len(manifest.body)}
         if not await self._store.put_small(manifest_key(manifest.digest), manifest.body):
             return False
         if not await self._store.put_small(manifest_meta_key(manifest.digest), json.dumps(meta).encode()):
             return False
-        if ref.tag is not None:
+        if ref.tag is not None and write_tag:
             pointer = dict(meta, digest=str(manifest.digest), fetched_at=time.time())
             if not await self._store.put_small(tag_key(ref.registry, ref.repo, ref.tag), json.dumps(pointer).encode()):
                 return False

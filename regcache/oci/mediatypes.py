@@ -10,6 +10,7 @@ DOCKER_SCHEMA1 = "application/vnd.docker.distribution.manifest.v1+prettyjws"
 OCTET_STREAM = "application/octet-stream"
 
 MANIFEST_TYPES = (OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST, DOCKER_SCHEMA1)
+INDEX_TYPES = frozenset((OCI_INDEX, DOCKER_LIST))
 
 
 def accepted_types(accept_headers: list[str]) -> frozenset[str] | None:

@@ -14,6 +14,7 @@ import logging
 import re
 import time
 import urllib.parse
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
@@ -26,6 +27,7 @@ _TOKEN = r"[A-Za-z0-9!#$%&'*+.^_`|~-]+"
 _QUOTED = r'"(?:[^"\\]|\\.)*"'
 _ITEM_RE = re.compile(rf"\s*(?:({_TOKEN})\s*=\s*({_QUOTED}|{_TOKEN}|)|({_TOKEN}))\s*,?")
 TOKEN_EXPIRY_MARGIN = 10.0
+MAX_CACHED_HEADERS = 4096
 DEFAULT_TOKEN_LIFETIME = 60.0
 
 
@@ -85,7 +87,7 @@ class Authenticator:
         self._creds = creds
         self._fetch_token = fetch_token
         self._clock = clock
-        self._headers: dict[tuple[str, str], tuple[str, float]] = {}
+        self._headers: OrderedDict[tuple[str, str], tuple[str, float]] = OrderedDict()
         self._pending: dict[tuple[str, str], asyncio.Future[str | None]] = {}
 
     def credentials(self, registry: str, endpoint_host: str, repo: str) -> Credentials | None:
@@ -127,6 +129,8 @@ class Authenticator:
             header, lifetime = await self._answer(registry, repo, creds, challenge_header)
             if header is not None:
                 self._headers[key] = (header, self._clock() + lifetime)
+                while len(self._headers) > MAX_CACHED_HEADERS:
+                    self._headers.popitem(last=False)  # the oldest: repositories are many
             future.set_result(header)
             return header
         except BaseException as exc:

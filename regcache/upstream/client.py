@@ -292,7 +292,7 @@ class UpstreamClient:
         headers: Mapping[str, str],
         authorization: str | None,
         attempt: _Attempt,
-    ) -> HTTPResponse:
+    ) -> None:
         send_headers = HTTPHeaders({"User-Agent": USER_AGENT})
         for name, value in headers.items():
             send_headers[name] = value
@@ -312,28 +312,28 @@ class UpstreamClient:
             ca_certs=self._ca_bundle,
             prepare_curl_callback=lambda curl: self._prepare_curl(curl, proxy, attempt),
         )
+        label = metrics.registry_label(registry)
         started = time.monotonic()
+        failure: Exception | None = None
         try:
-            response = await self._http.fetch(http_request, raise_error=False)
-        except Exception as exc:  # curl setup errors surface here, not as a 599
-            metrics.UPSTREAM_REQUESTS.labels(registry, "error").inc()
-            raise UpstreamError(registry, f"cannot reach {_origin(url)}: {exc}") from exc
-        attempt.complete(response)
-        metrics.UPSTREAM_BYTES.labels(registry).inc(attempt.received)
+            # Tornado raises for transport failures (599) even with raise_error=False.
+            attempt.complete(await self._http.fetch(http_request, raise_error=False))
+        except Exception as exc:  # noqa: BLE001 - every transport failure becomes an UpstreamError
+            failure = exc
+        metrics.UPSTREAM_BYTES.labels(label).inc(attempt.received)
         # A transfer we cut off ourselves (a sink's error, a body past its limit) is not a failure
         # of the upstream's.
-        cut_off = attempt.error is not None or (attempt.truncated and attempt.headers_done)
-        if not cut_off and (response.code == 599 or not attempt.headers_done):
-            metrics.UPSTREAM_REQUESTS.labels(registry, "error").inc()
-            reason = str(response.error) if response.error else "no response"
-            raise UpstreamError(registry, f"{method} {_origin(url)}: {reason}")
-        metrics.UPSTREAM_REQUESTS.labels(registry, str(attempt.status)).inc()
+        cut_off = attempt.headers_done and (attempt.error is not None or attempt.truncated)
+        if not cut_off and (failure is not None or not attempt.headers_done):
+            metrics.UPSTREAM_REQUESTS.labels(label, "error").inc()
+            reason = str(failure) if failure is not None else "no response"
+            raise UpstreamError(registry, f"{method} {_origin(url)}: {reason}") from failure
+        metrics.UPSTREAM_REQUESTS.labels(label, str(attempt.status)).inc()
+        if attempt.headers_at is not None:
+            metrics.UPSTREAM_LATENCY.labels(label).observe(attempt.headers_at - started)
+        log.debug("upstream %s %s -> %d (%d bytes)", method, _redact(url), attempt.status, attempt.received)
         if attempt.error is not None:
             raise attempt.error
-        if attempt.headers_at is not None:
-            metrics.UPSTREAM_LATENCY.labels(registry).observe(attempt.headers_at - started)
-        log.debug("upstream %s %s -> %d (%d bytes)", method, _redact(url), attempt.status, attempt.received)
-        return response
 
     def _prepare_curl(self, curl: pycurl.Curl, proxy: str | None, attempt: _Attempt | None = None) -> None:
         curl.setopt(pycurl.PROXY, proxy or "")

@@ -18,10 +18,11 @@ from tests.fakes import (
     drop_after,
     drop_before_headers,
     serve,
+    serve_throttled,
     stall_after,
     truncate,
 )
-from tests.support import blob_path
+from tests.support import blob_path, wait_until
 
 REPO = "fault/app"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -182,3 +183,77 @@ def test_manifest_requests_ask_for_identity_encoding(faulty_cache, fake):
     assert resp.status == 200 and resp.body == body
     [seen] = [s for s in fake.seen if s.path.endswith("/manifests/1.0")]
     assert seen.headers.get("Accept-Encoding", "identity") == "identity"
+
+
+def test_a_range_of_an_unverified_download_never_completes(faulty_cache, fake):
+    """Lazy-pulling snapshotters read ranges in the middle of a layer while it downloads."""
+    real = os.urandom(8 * 1024 * 1024)
+    corrupt = bytearray(real)
+    corrupt[5000] ^= 0xFF  # one flipped byte in the middle, under the good digest
+    digest = digest_of(real)
+    fake.routes[f"/v2/{REPO}/blobs/{digest}"] = serve_throttled(bytes(corrupt), seconds=1.5, pieces=30)
+    first = threading.Thread(target=read_blob, args=(faulty_cache, fake.ns, digest), daemon=True)
+    first.start()
+    assert wait_until(lambda: faulty_cache.metrics().get("regcache_fills_in_flight") == 1, timeout=5)
+    status, body, complete = read_blob(faulty_cache, fake.ns, digest, {"Range": "bytes=4990-5009"})
+    first.join(10)
+    assert status == 206
+    assert not complete, "a ranged answer of unverified bytes must not look complete"
+    assert len(body) < 20
+    assert_nothing_stored(faulty_cache, digest)
+
+
+def test_an_interim_1xx_answer_is_not_taken_for_the_answer(faulty_cache, fake):
+    body = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "layers": []}).encode()
+
+    def early_hints(h):
+        h.wfile.write(b"HTTP/1.1 103 Early Hints\r\nLink: </x>; rel=preload\r\n\r\n")
+        serve(body, OCI_MANIFEST)(h)
+
+    fake.routes[f"/v2/{REPO}/manifests/1.0"] = early_hints
+    resp = faulty_cache.manifest(fake.ns, REPO, "1.0")
+    assert resp.status == 200 and resp.body == body
+
+
+def test_an_error_answer_goes_only_to_the_request_it_answered(faulty_cache, fake):
+    """Two repositories share a layer: a 401 for one must not reach a client of the other."""
+    data = os.urandom(512 * 1024)
+    digest = digest_of(data)
+    challenge = 'Bearer realm="http://127.0.0.1:1/token",scope="repository:locked/app:pull"'
+
+    def slow_401(h):
+        time.sleep(0.8)
+        h.send_json(401, b'{"errors":[{"code":"UNAUTHORIZED","message":"auth"}]}', {"WWW-Authenticate": challenge})
+
+    fake.routes[f"/v2/locked/app/blobs/{digest}"] = slow_401
+    fake.routes[f"/v2/open/app/blobs/{digest}"] = serve(data)
+    locked: dict[str, object] = {}
+    thread = threading.Thread(
+        target=lambda: locked.update(resp=faulty_cache.get(f"/v2/locked/app/blobs/{digest}", fake.ns)), daemon=True
+    )
+    thread.start()
+    assert wait_until(lambda: fake.count(f"/v2/locked/app/blobs/{digest}") == 1, timeout=5)
+    opened = faulty_cache.get(f"/v2/open/app/blobs/{digest}", fake.ns)
+    thread.join(10)
+    assert opened.status == 200 and opened.body == data
+    assert locked["resp"].status == 401 and locked["resp"].header("WWW-Authenticate") == challenge
+
+
+def test_a_tag_fetched_for_a_client_that_takes_no_index_is_not_served_to_others(faulty_cache, fake):
+    index = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": []})
+    single = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "layers": []})
+
+    def by_accept(h):
+        # What registries do: the index for clients that take it, else the platform's manifest.
+        if "index" in h.headers.get("Accept", ""):
+            serve(index.encode(), "application/vnd.oci.image.index.v1+json")(h)
+        else:
+            serve(single.encode(), OCI_MANIFEST)(h)
+
+    fake.routes[f"/v2/{REPO}/manifests/multi"] = by_accept
+    narrow = faulty_cache.manifest(fake.ns, REPO, "multi", accept=OCI_MANIFEST)
+    assert narrow.body == single.encode()
+    containerd_like = faulty_cache.manifest(fake.ns, REPO, "multi")  # takes indexes and */*
+    assert containerd_like.body == index.encode()
+    assert faulty_cache.manifest(fake.ns, REPO, "multi").body == index.encode()
+    assert fake.count(f"/v2/{REPO}/manifests/multi") == 2

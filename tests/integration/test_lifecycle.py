@@ -144,3 +144,53 @@ def test_broken_cache_storage_sends_cold_blobs_elsewhere_and_keeps_serving_what_
     got = cache.manifest(fake.ns, REPO, "1.0")
     assert got.status == 200 and got.body == manifest
     assert cache.metrics()['regcache_storage_errors_total{op="create",tier="staging"}'] == 1
+
+
+@pytest.fixture
+def small_disk(scratch):
+    """A 4 MiB tmpfs as the cache dir: a full disk, for real."""
+    mountpoint = scratch / "small"
+    mountpoint.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mountpoint)], capture_output=True)
+    if done.returncode != 0:
+        message = f"cannot mount a tmpfs (root needed): {done.stderr.decode().strip()}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    yield mountpoint
+    subprocess.run(["umount", "-l", str(mountpoint)], check=False)
+
+
+def test_a_blob_larger_than_the_free_disk_gets_a_503_not_a_broken_stream(make_regcache, fake, small_disk):
+    big = os.urandom(8 * 1024 * 1024)
+    small = os.urandom(512 * 1024)
+    for data in (big, small):
+        fake.routes[f"/v2/{REPO}/blobs/{digest_of(data)}"] = serve(data)
+    cache = make_regcache(*fake.upstream_arg(), cache_dir=small_disk)
+    resp = cache.blob(fake.ns, REPO, digest_of(big))
+    # Found before the answer starts, so containerd goes to the registry instead of failing.
+    assert resp.status == 503
+    assert "storage" in json.loads(resp.body)["errors"][0]["message"]
+    assert cache.staging_files() == [] or wait_until(lambda: cache.staging_files() == [], timeout=5)
+    assert not blob_path(small_disk, digest_of(big)).exists()
+    # What fits is still cached.
+    assert cache.blob(fake.ns, REPO, digest_of(small)).body == small
+    assert stored_blob(small_disk, digest_of(small)) == small
+    assert cache.metrics()['regcache_storage_errors_total{op="reserve",tier="staging"}'] == 1
+
+
+def test_sigterm_waits_for_a_pull_even_after_a_malformed_request(make_regcache, fake):
+    data = os.urandom(4 * 1024 * 1024)
+    digest = digest_of(data)
+    fake.routes[f"/v2/{REPO}/blobs/{digest}"] = serve_throttled(data, seconds=1.5, pieces=15)
+    cache = make_regcache(*fake.upstream_arg())
+    conn = http.client.HTTPConnection("127.0.0.1", cache.port, timeout=30)
+    conn.request("GET", f"/v2/{REPO}/blobs/{digest}?ns={urllib.parse.quote(fake.ns)}")
+    resp = conn.getresponse()
+    first = resp.read(1024)
+    # Requests refused before any handler ran must not confuse the count of requests in flight.
+    assert cache.get("/v2/%ff/manifests/x", fake.ns).status == 400
+    assert cache.get("/v2/", None, method="OPTIONS").status == 405
+    cache.proc.proc.send_signal(signal.SIGTERM)
+    assert first + resp.read() == data
+    assert cache.proc.proc.wait(timeout=30) == 0

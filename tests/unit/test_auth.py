@@ -107,3 +107,30 @@ def test_realm_that_is_not_http_is_ignored():
     auth = authenticator(realm)
     assert asyncio.run(auth.answer("docker.io", "x", CREDS, 'Bearer realm="file:///etc/passwd"')) is None
     assert realm.requests == []
+
+
+def test_the_header_cache_is_bounded(monkeypatch):
+    import regcache.upstream.auth as auth_module
+
+    monkeypatch.setattr(auth_module, "MAX_CACHED_HEADERS", 3)
+    auth = authenticator(Realm())
+
+    async def many():
+        for i in range(5):
+            await auth.answer("r.test", f"repo{i}", CREDS, 'Basic realm="r"')
+
+    asyncio.run(many())
+    assert [auth.cached_header("r.test", f"repo{i}") is not None for i in range(5)] == [False, False, True, True, True]
+
+
+def test_a_request_that_raced_a_token_fetch_reuses_the_new_token():
+    realm = Realm()
+    auth = authenticator(realm)
+    first = asyncio.run(auth.answer("docker.io", "library/alpine", CREDS, HUB))
+    # A request sent before that token existed comes back 401 without Authorization.
+    again = asyncio.run(auth.answer("docker.io", "library/alpine", CREDS, HUB, rejected=None))
+    assert again == first and len(realm.requests) == 1
+    # A request refused with that very token gets a new one.
+    realm.token = "n3w"
+    assert asyncio.run(auth.answer("docker.io", "library/alpine", CREDS, HUB, rejected=first)) == "Bearer n3w"
+    assert len(realm.requests) == 2
