@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         asyncio.run(serve(settings))
-    except OSError as exc:
-        log.error("cannot serve on %s:%d: %s", settings.host, settings.port, exc.strerror or exc)
+    except ConfigError as exc:
+        log.error("%s", exc)
         return 1
     return 0

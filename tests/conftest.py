@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.fakes import FakeUpstream
 from tests.peers.images import Image, build_image, make_layer, push, random_layer
 from tests.peers.registry import Registry
 from tests.support import Regcache
@@ -74,6 +75,14 @@ def make_regcache() -> Iterator[Callable[..., Regcache]]:
 def cache(make_regcache: Callable[..., Regcache], upstream: Upstream) -> Regcache:
     """regcache with defaults, its upstream map naming the test registry."""
     return make_regcache(*upstream.upstream_arg())
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeUpstream]:
+    """An in-process upstream for failures a real registry cannot be made to produce."""
+    upstream = FakeUpstream()
+    yield upstream
+    upstream.close()
 
 
 @pytest.fixture

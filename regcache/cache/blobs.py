@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 from regcache import metrics
+from regcache.cache.context import ClientContext
 from regcache.cache.fill import Fill, FillHead, FillMap
 from regcache.errors import RegcacheError, StorageError
 from regcache.oci.reference import BlobRef
@@ -18,19 +18,6 @@ from regcache.storage.tiered import TieredStore
 from regcache.upstream.client import UpstreamClient, UpstreamRequest, UpstreamResponse
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ClientContext:
-    """What of the client's request matters upstream."""
-
-    method: str
-    authorization: str | None
-    accept: tuple[str, ...] = ()
-
-    def credential_key(self) -> str:
-        """Tells requests made with different credentials apart, without keeping them."""
-        return hashlib.sha256(self.authorization.encode()).hexdigest() if self.authorization else ""
 
 
 @dataclass

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 
 from regcache import metrics
-from regcache.cache.blobs import ClientContext
+from regcache.cache.context import ClientContext
 from regcache.cache.policy import Policy
 from regcache.errors import BadRequest, DigestMismatch, ManifestTooLarge
 from regcache.oci import mediatypes

@@ -15,6 +15,7 @@ from regcache.cache.fill import FillMap
 from regcache.cache.manifests import ManifestService
 from regcache.cache.policy import Policy
 from regcache.config import Settings
+from regcache.errors import ConfigError
 from regcache.storage.disk import DiskTier
 from regcache.storage.staging import clear_staging
 from regcache.storage.tiered import TieredStore
@@ -103,7 +104,10 @@ async def serve(settings: Settings, ready: asyncio.Future[int] | None = None) ->
     }
     app = make_app(services)
     server = HTTPServer(app, xheaders=False, max_header_size=MAX_HEADER_SIZE, idle_connection_timeout=300)
-    bound = bind_sockets(settings.port, address=settings.host)
+    try:
+        bound = bind_sockets(settings.port, address=settings.host)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}") from None
     server.add_sockets(bound)
     port = bound[0].getsockname()[1]
     log.info("regcache listening on %s:%d, cache dir %s", settings.host, port, root)

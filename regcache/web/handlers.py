@@ -16,13 +16,8 @@ from tornado.iostream import StreamClosedError
 from tornado.web import HTTPError, RequestHandler
 
 from regcache import metrics
-from regcache.cache.blobs import (
-    BlobService,
-    ClientContext,
-    FillingBlob,
-    PassedThrough,
-    StoredBlob,
-)
+from regcache.cache.blobs import BlobService, FillingBlob, PassedThrough, StoredBlob
+from regcache.cache.context import ClientContext
 from regcache.cache.manifests import Manifest, ManifestService
 from regcache.config import DOCKER_HUB
 from regcache.errors import BadRequest, RegcacheError

@@ -13,7 +13,6 @@ import urllib.parse
 import pytest
 
 from tests.fakes import (
-    FakeUpstream,
     digest_of,
     drop_after,
     drop_before_headers,
@@ -26,13 +25,6 @@ from tests.support import blob_path, wait_until
 
 REPO = "fault/app"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-
-
-@pytest.fixture
-def fake():
-    upstream = FakeUpstream()
-    yield upstream
-    upstream.close()
 
 
 @pytest.fixture

@@ -14,18 +14,11 @@ import urllib.parse
 import pytest
 
 from regcache import __version__
-from tests.fakes import FakeUpstream, digest_of, serve, serve_throttled, stall_after
+from tests.fakes import digest_of, serve, serve_throttled, stall_after
 from tests.peers.net import clean_env
 from tests.support import Regcache, blob_path, request, stored_blob, wait_until
 
 REPO = "life/app"
-
-
-@pytest.fixture
-def fake():
-    upstream = FakeUpstream()
-    yield upstream
-    upstream.close()
 
 
 def test_sigterm_lets_a_response_in_flight_finish_then_exits_0(make_regcache, fake):

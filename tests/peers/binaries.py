@@ -14,6 +14,7 @@ import subprocess
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Self
 
 import pytest
 
@@ -91,6 +92,32 @@ def on_exit(owner: object, fn: Callable[[], None] | None) -> None:
         _cleanups.pop(id(owner), None)
     else:
         _cleanups[id(owner)] = fn
+
+
+class Peer:
+    """What every peer shares: `with Peer(...) as p`, and close() = stop() plus clean-up of the
+    working directory it created. Subclasses set `dir` and `_own_dir` and define start/stop."""
+
+    dir: Path
+    _own_dir: bool = False
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.stop()
+        on_exit(self, None)
+        if self._own_dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 class ManagedProcess:

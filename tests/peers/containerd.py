@@ -14,9 +14,8 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
 
-from tests.peers.binaries import ManagedProcess, on_exit, require
+from tests.peers.binaries import ManagedProcess, Peer, on_exit, require
 from tests.peers.net import clean_env
 
 
@@ -24,7 +23,7 @@ def _toml_str(s: str | Path) -> str:
     return '"' + str(s).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-class Containerd:
+class Containerd(Peer):
     """containerd -c CONFIG as root with its own root/state and sockets, CRI disabled."""
 
     def __init__(
@@ -114,17 +113,6 @@ class Containerd:
         shutil.rmtree(self.sock_dir, ignore_errors=True)
         if self._own_dir:
             shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> Containerd:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     @staticmethod
     def _unmount_under(path: Path) -> None:

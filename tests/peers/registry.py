@@ -11,16 +11,14 @@ from __future__ import annotations
 import json
 import re
 import secrets
-import shutil
 import subprocess
 import tempfile
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 
-from tests.peers.binaries import ManagedProcess, on_exit, require
+from tests.peers.binaries import ManagedProcess, Peer, on_exit, require
 from tests.peers.net import clean_env, free_port, http_status, wait_for_http
 
 
@@ -67,7 +65,7 @@ _ACCESS_RE = re.compile(
 _BARRIER_UA = "regcache-peers-barrier"
 
 
-class Registry:
+class Registry(Peer):
     """docker-registry on 127.0.0.1:<free port>; stop() and start() keep port and storage."""
 
     def __init__(
@@ -204,24 +202,6 @@ class Registry:
         if self._proc is not None:
             self._proc.stop(grace=2.0)
             self._proc = None
-
-    def close(self) -> None:
-        """stop() and delete the working directory if this object created it."""
-        self.stop()
-        on_exit(self, None)
-        if self._own_dir:
-            shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> Registry:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     @property
     def running(self) -> bool:

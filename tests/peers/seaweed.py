@@ -6,14 +6,12 @@ from __future__ import annotations
 import glob
 import json
 import os
-import shutil
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
-from tests.peers.binaries import ManagedProcess, on_exit, require
+from tests.peers.binaries import ManagedProcess, Peer, on_exit, require
 from tests.peers.net import clean_env, free_port, wait_for_http
 from tests.peers.registry import S3Storage
 
@@ -34,7 +32,7 @@ _PORT_FLAGS = (
 )
 
 
-class SeaweedS3:
+class SeaweedS3(Peer):
     """`weed mini` with only what S3 needs, on free loopback ports, static credentials."""
 
     def __init__(
@@ -188,20 +186,3 @@ class SeaweedS3:
                         os.unlink(stale)
                     except OSError:
                         pass
-
-    def close(self) -> None:
-        self.stop()
-        on_exit(self, None)
-        if self._own_dir:
-            shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> SeaweedS3:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

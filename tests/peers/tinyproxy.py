@@ -6,20 +6,18 @@ Its connection log lets a test prove traffic really went through the proxy (and 
 from __future__ import annotations
 
 import re
-import shutil
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
 
-from tests.peers.binaries import ManagedProcess, on_exit, require
+from tests.peers.binaries import ManagedProcess, Peer, on_exit, require
 from tests.peers.net import free_port, wait_for_port
 
 # CONNECT   Nov 28 04:13:00.524 [5503]: Request (file descriptor 5): CONNECT 127.0.0.1:15000 HTTP/1.1
 _REQUEST_RE = re.compile(r"Request \(file descriptor \d+\): (\S+) (\S+) HTTP/[\d.]+")
 
 
-class Tinyproxy:
+class Tinyproxy(Peer):
     """tinyproxy in the foreground on 127.0.0.1:<free port>.
 
     Without ConnectPort lines tinyproxy 1.11 allows CONNECT to any port (checked in
@@ -103,20 +101,3 @@ class Tinyproxy:
         if self._proc is not None:
             self._proc.stop(grace=1.0)
             self._proc = None
-
-    def close(self) -> None:
-        self.stop()
-        on_exit(self, None)
-        if self._own_dir:
-            shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> Tinyproxy:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

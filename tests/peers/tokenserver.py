@@ -17,13 +17,13 @@ import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import TracebackType
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
 
+from tests.peers.binaries import Peer
 from tests.peers.registry import TokenAuth
 
 
@@ -66,7 +66,7 @@ class TokenRequest:
         return self.headers.get("authorization")
 
 
-class TokenServer:
+class TokenServer(Peer):
     """Issues RS256 JWTs with an x5c header at http://127.0.0.1:<port>/token.
 
     GET /token?service=S&scope=repository:NAME:pull[,push] with Basic user:password gets a
@@ -121,17 +121,6 @@ class TokenServer:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
-
-    def __enter__(self) -> TokenServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -- what the registry needs ----------------------------------------------------------
     @property
