@@ -331,7 +331,10 @@ class UpstreamClient:
         metrics.UPSTREAM_REQUESTS.labels(label, str(attempt.status)).inc()
         if attempt.headers_at is not None:
             metrics.UPSTREAM_LATENCY.labels(label).observe(attempt.headers_at - started)
-        log.debug("upstream %s %s -> %d (%d bytes)", method, _redact(url), attempt.status, attempt.received)
+        if attempt.status == 429 or attempt.status >= 500:
+            log.warning("upstream %s: %s %s answered %d", registry, method, _redact(url), attempt.status)
+        else:
+            log.debug("upstream %s %s -> %d (%d bytes)", method, _redact(url), attempt.status, attempt.received)
         if attempt.error is not None:
             raise attempt.error
 
