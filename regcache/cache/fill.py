@@ -14,6 +14,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from tornado.httputil import HTTPHeaders
@@ -30,6 +31,9 @@ log = logging.getLogger(__name__)
 HOLDBACK = 1
 # Chunks written in one system call at most (IOV_MAX is 1024).
 MAX_BATCH = 512
+# Writes and hashing of staging files run here; each fill has at most one batch in flight, so
+# its bytes land in order.
+_WRITER = ThreadPoolExecutor(max_workers=4, thread_name_prefix="regcache-staging")
 
 
 @dataclass(frozen=True)
@@ -63,7 +67,9 @@ class Fill:
         self.error: RegcacheError | None = None
         self._waiters: list[asyncio.Future[None]] = []
         self._pending: list[bytes] = []
-        self._flush_scheduled = False
+        self._writing = False
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     # --- Sink ---------------------------------------------------------------------------------
     def on_headers(self, status: int, headers: HTTPHeaders) -> bool:
@@ -85,29 +91,36 @@ class Fill:
         return self.error is not None
 
     def on_chunk(self, chunk: bytes) -> None:
-        """Batch chunks: they are written, hashed and announced once per event-loop turn."""
+        """Queue a chunk for the writer thread, which writes and hashes while the event loop
+        goes on receiving and sending (both release the GIL): chunks that arrive meanwhile
+        make the next, larger batch."""
         if self.error is not None:
             return
         self._pending.append(chunk)
-        if len(self._pending) >= MAX_BATCH:
-            self._write_pending()
-        elif not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._write_pending)
+        self._write_next()
 
-    def _write_pending(self) -> None:
-        self._flush_scheduled = False
-        pending, self._pending = self._pending, []
-        if not pending or self.error is not None:
+    def _write_next(self) -> None:
+        if self._writing or not self._pending or self.error is not None:
             return
-        try:
-            self.staging.append(pending)
-        except OSError as exc:
+        batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+        self._writing = True
+        self._idle.clear()
+        done = asyncio.get_running_loop().run_in_executor(_WRITER, self.staging.append, batch)
+        done.add_done_callback(self._written)
+
+    def _written(self, done: asyncio.Future[None]) -> None:
+        self._writing = False
+        exc = done.exception()
+        if exc is not None:
             metrics.STORAGE_ERRORS.labels("staging", "write").inc()
-            self._fail(StorageError(f"cache storage failed mid-download ({exc.strerror})"))
-            return
-        self.written = self.staging.size
-        self._wake()
+            reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+            self._fail(StorageError(f"cache storage failed mid-download ({reason})"))
+        else:
+            self.written = self.staging.size
+            self._wake()
+            self._write_next()
+        if not self._writing:
+            self._idle.set()
 
     # --- the task -----------------------------------------------------------------------------
     async def run(
@@ -127,7 +140,7 @@ class Fill:
                 # Not a 2xx: the client gets the upstream's answer as it is; nothing is stored.
                 self.head.set_result(FillHead(response, len(response.body)))
                 return
-            self._write_pending()
+            await self._idle.wait()  # everything received is written and hashed
             if self.error is not None:
                 return
             self._verify()
@@ -152,6 +165,9 @@ class Fill:
             self._fail(UpstreamError(self.registry, f"internal error: {exc}"))
         finally:
             metrics.FILLS_IN_FLIGHT.dec()
+            # The writer thread may still hold the descriptor: closing it under a write could
+            # let the number be reused by another file and written into.
+            await self._idle.wait()
             if self.committed:
                 self.staging.close()
             else:

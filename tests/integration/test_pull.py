@@ -292,7 +292,12 @@ def test_metrics_expose_operator_counters(cache, upstream):
 def test_one_log_line_per_request_with_its_fields(cache, upstream):
     cache.manifest(upstream.ns, REPO, "1.0")
     cache.blob(upstream.ns, REPO, upstream.app.config_digest)
-    lines = [line for line in cache.log().splitlines() if "regcache.access" in line and "/v2/test/app" in line]
-    assert len(lines) == 2
+
+    def lines():
+        return [line for line in cache.log().splitlines() if "regcache.access" in line and "/v2/test/app" in line]
+
+    # A request's line is written as it finishes, a moment after the client has the last byte.
+    assert wait_until(lambda: len(lines()) == 2, timeout=5), lines()
+    lines = lines()
     assert f"ns={upstream.ns}" in lines[0] and "status=200" in lines[0] and "cache=miss" in lines[0]
     assert f"bytes={len(upstream.app.config_bytes)}" in lines[1]
