@@ -38,7 +38,8 @@ setup(
         "prometheus-client",
         "PyYAML",
         "configargparse",
-        # aiobotocore joins with the S3 tier (--bucket), which is not available yet.
+        # The S3 tier (--bucket).
+        "aiobotocore>=2.19",
     ],
     entry_points={"console_scripts": ["regcache=regcache.cli:main"]},
     classifiers=[

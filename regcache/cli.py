@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import sys
 from pathlib import Path
 
@@ -16,11 +17,13 @@ import configargparse
 
 from regcache import __version__
 from regcache.config import (
+    DEFAULT_LOCAL_CACHE_SIZE_S3,
     LOG_LEVELS,
     CredentialStore,
     Settings,
     load_creds_file,
     parse_bool,
+    parse_size,
     parse_skip_tags,
     parse_upstreams,
 )
@@ -45,7 +48,24 @@ def build_parser() -> configargparse.ArgumentParser:
         env_var="REGCACHE_CONFIG",
         help="YAML config file; keys are the long option names",
     )
-    parser.add_argument("-b", "--bucket", help="S3 bucket shared by replicas (S3 tier)")
+    parser.add_argument(
+        "-b",
+        "--bucket",
+        help="S3 bucket shared by replicas, behind the local disk; credentials, region and endpoint "
+        "come from the standard AWS variables (AWS_ENDPOINT_URL_S3 for S3-compatible stores)",
+    )
+    parser.add_argument("--s3-prefix", default="", help="key prefix for everything regcache stores in the bucket")
+    parser.add_argument(
+        "--s3-redirect",
+        action="store_true",
+        help="answer a blob that is only in S3 with a 307 to a presigned URL (not for private registries)",
+    )
+    parser.add_argument(
+        "--local-cache-size",
+        metavar="SIZE",
+        help="bound the local tier (K/M/G/T suffix), evicting least recently used objects; "
+        "default 10G with --bucket, unbounded without",
+    )
     parser.add_argument("-d", "--cache-dir", default="/tmp/data", help="local cache directory")
     parser.add_argument("-m", "--cache-manifests", default="true", help="cache manifests: yes/no/true/false")
     parser.add_argument(
@@ -90,10 +110,17 @@ def build_parser() -> configargparse.ArgumentParser:
 
 def settings_from_args(args: configargparse.Namespace) -> Settings:
     """Validate everything before anything starts; ConfigError names the culprit."""
-    if args.bucket:
-        raise ConfigError(
-            f"--bucket {args.bucket}: the S3 tier is not available in this version; run without --bucket (local disk only)"
-        )
+    bucket = (args.bucket or "").strip() or None
+    if bucket is not None and not re.fullmatch(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]", bucket):
+        raise ConfigError(f"--bucket {bucket!r}: not an S3 bucket name (3-63 lower-case letters, digits, '.', '-')")
+    if args.s3_redirect and bucket is None:
+        raise ConfigError("--s3-redirect: needs --bucket (it redirects to objects in the bucket)")
+    if args.s3_prefix and bucket is None:
+        raise ConfigError("--s3-prefix: needs --bucket")
+    if args.local_cache_size:
+        local_cache_size: int | None = parse_size("--local-cache-size", args.local_cache_size)
+    else:
+        local_cache_size = DEFAULT_LOCAL_CACHE_SIZE_S3 if bucket else None
     if not 0 < args.port < 65536:
         raise ConfigError(f"--port {args.port}: must be 1-65535")
     if args.upstream_idle_timeout <= 0:
@@ -124,7 +151,10 @@ def settings_from_args(args: configargparse.Namespace) -> Settings:
         upstream_ca=upstream_ca,
         creds=load_creds_file(Path(args.creds_file)) if args.creds_file else CredentialStore(),
         log_level=args.log_level,
-        bucket=args.bucket or None,
+        bucket=bucket,
+        s3_prefix=args.s3_prefix.strip("/"),
+        s3_redirect=bool(args.s3_redirect),
+        local_cache_size=local_cache_size,
         upstream_idle_timeout=args.upstream_idle_timeout,
     )
 

@@ -69,6 +69,10 @@ class Settings:
     creds: CredentialStore = field(default_factory=CredentialStore)
     log_level: str = "info"
     bucket: str | None = None
+    s3_prefix: str = ""
+    s3_redirect: bool = False
+    # Bytes the local tier may hold (LRU eviction past it); None: unbounded.
+    local_cache_size: int | None = None
     upstream_idle_timeout: float = 60.0
 
     def endpoint(self, registry: str) -> str:
@@ -101,6 +105,21 @@ def parse_upstreams(items: Iterable[str]) -> Mapping[str, str]:
             raise ConfigError(f"--upstream {item!r}: URL must not carry credentials, a query or a fragment")
         upstreams[registry] = url
     return MappingProxyType(upstreams)
+
+
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+DEFAULT_LOCAL_CACHE_SIZE_S3 = 10 << 30
+
+
+def parse_size(option: str, text: str) -> int:
+    """`10G`, `512M`, `1.5T`, `1048576`: binary units, an optional trailing `B` or `iB`."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", text, re.IGNORECASE)
+    if match is None:
+        raise ConfigError(f"{option} {text!r}: expected a size such as 10G, 512M or 1048576")
+    size = int(float(match.group(1)) * _SIZE_UNITS[match.group(2).upper()])
+    if size <= 0:
+        raise ConfigError(f"{option} {text!r}: must be more than 0")
+    return size
 
 
 def parse_skip_tags(text: str) -> re.Pattern[str] | None:

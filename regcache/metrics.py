@@ -40,10 +40,10 @@ REQUESTS = Counter(
 SERVED_BYTES = Counter(
     "regcache_served_bytes",
     "Body bytes sent to clients, by where they came from (disk: a cache hit; upstream: a "
-    "download in flight or a pass-through).",
+    "download in flight or a pass-through; s3: a copy from the bucket in flight).",
     ["source"],
 )
-for _source in ("disk", "upstream"):
+for _source in ("disk", "upstream", "s3"):
     SERVED_BYTES.labels(_source)
 
 UPSTREAM_REQUESTS = Counter(
@@ -75,8 +75,26 @@ VERIFICATION_FAILURES = Counter(
     "Upstream content refused because its digest or size was wrong (nothing was stored).",
     ["registry", "reason"],
 )
-STORAGE_ERRORS = Counter(
-    "regcache_storage_errors",
-    "Failures of regcache's own storage, by tier and operation.",
+TIER_ERRORS = Counter(
+    "regcache_tier_errors",
+    "Failures of regcache's own storage, by tier (disk, staging, s3) and operation; pulls go on without the tier.",
     ["tier", "op"],
+)
+LOCAL_BYTES = Gauge(
+    "regcache_local_bytes",
+    "Bytes held by the local tier (tracked when --local-cache-size bounds it, as in S3 mode).",
+)
+EVICTIONS = Counter(
+    "regcache_local_evictions",
+    "Objects evicted from the local tier to keep it under --local-cache-size.",
+)
+UPLOADS = Counter(
+    "regcache_s3_uploads",
+    "Background copies of committed objects to S3, by result (uploaded, present: another "
+    "replica had put it there, vanished: deleted locally first, error).",
+    ["result"],
+)
+UPLOADS_PENDING = Gauge(
+    "regcache_s3_uploads_pending",
+    "Objects committed locally and not yet in S3 (retried with backoff while S3 fails).",
 )

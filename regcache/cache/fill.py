@@ -81,10 +81,16 @@ class Fill:
                 # then gets a 503 and goes to the registry), not half-way through the body.
                 self.staging.reserve(self.size)
             except OSError as exc:
-                metrics.STORAGE_ERRORS.labels("staging", "reserve").inc()
+                metrics.TIER_ERRORS.labels("staging", "reserve").inc()
                 raise StorageError(f"cache storage cannot hold {self.size} bytes ({exc.strerror})") from exc
         self.head.set_result(FillHead(UpstreamResponse(status, headers), self.size))
         return True
+
+    async def drained(self, backlog: int = 8) -> None:
+        """Wait while more than `backlog` chunks wait for the writer: a source that can outrun
+        the disk (S3 on a fast network) awaits this between chunks instead of filling memory."""
+        if len(self._pending) > backlog and self.error is None:
+            await self._idle.wait()
 
     @property
     def abandoned(self) -> bool:
@@ -112,7 +118,7 @@ class Fill:
         self._writing = False
         exc = done.exception()
         if exc is not None:
-            metrics.STORAGE_ERRORS.labels("staging", "write").inc()
+            metrics.TIER_ERRORS.labels("staging", "write").inc()
             reason = exc.strerror if isinstance(exc, OSError) else str(exc)
             self._fail(StorageError(f"cache storage failed mid-download ({reason})"))
         else:
@@ -246,7 +252,7 @@ class FillMap:
         fill: Fill,
         fetch: Callable[[Fill], Awaitable[UpstreamResponse]],
         commit: Callable[[StagingFile], Awaitable[bool]] | None,
-    ) -> None:
+    ) -> asyncio.Task[None]:
         self._fills[fill.key] = fill
 
         async def run() -> None:
@@ -259,6 +265,7 @@ class FillMap:
         task = asyncio.get_running_loop().create_task(run())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     def __len__(self) -> int:
         return len(self._fills)

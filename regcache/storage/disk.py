@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from regcache.storage.base import ObjectInfo, StagedObject
@@ -17,6 +17,8 @@ class FileReader:
     def __init__(self, fd: int, size: int) -> None:
         self.fd = fd
         self.size = size
+        # Called once when the reader closes (the LRU index unpins the object).
+        self.on_close: Callable[[], None] | None = None
 
     def read(self, offset: int, length: int) -> bytes:
         return os.pread(self.fd, length, offset)
@@ -28,6 +30,9 @@ class FileReader:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+            if self.on_close is not None:
+                self.on_close()
+                self.on_close = None
 
 
 class DiskTier:
@@ -76,6 +81,13 @@ class DiskTier:
         os.replace(staged.path, target)
 
     async def delete(self, key: str) -> None:
+        try:
+            os.unlink(self._path(key))
+        except FileNotFoundError:
+            pass
+
+    def unlink(self, key: str) -> None:
+        """Remove a stored object now (eviction); readers that have it open keep their bytes."""
         try:
             os.unlink(self._path(key))
         except FileNotFoundError:

@@ -17,6 +17,9 @@ from regcache.cache.policy import Policy
 from regcache.config import Settings
 from regcache.errors import ConfigError
 from regcache.storage.disk import DiskTier
+from regcache.storage.local_index import LocalIndex
+from regcache.storage.replicator import Replicator
+from regcache.storage.s3 import S3Tier
 from regcache.storage.staging import clear_staging
 from regcache.storage.tiered import TieredStore
 from regcache.upstream.client import UpstreamClient
@@ -85,19 +88,72 @@ def make_app(services: dict[str, object]) -> Application:
     )
 
 
-async def serve(settings: Settings, ready: asyncio.Future[int] | None = None) -> None:
-    """Run until SIGTERM/SIGINT, then stop accepting and let responses in flight finish (bounded)."""
+async def open_store(settings: Settings) -> TieredStore:
+    """The local tier, and in S3 mode the checked bucket behind it; ConfigError if unusable."""
     root = settings.cache_dir
     disk = DiskTier(root)
     leftovers = clear_staging(root)
     if leftovers:
         log.info("removed %d interrupted downloads from %s", leftovers, root / "staging")
-    store = TieredStore([disk])
+    index = None
+    if settings.local_cache_size is not None:
+        index = LocalIndex(settings.local_cache_size)
+        index.load(root)
+        log.info("local tier: %d objects, %.1f of %.1f GiB", len(index), index.total / 2**30, index.limit / 2**30)
+    if settings.bucket is None:
+        return TieredStore(disk, index=index)
+    shared = S3Tier(settings.bucket, settings.s3_prefix)
+    await shared.start()
+    try:
+        await shared.check()
+    except ConfigError:
+        await shared.close()
+        raise
+    replicator = Replicator(root, shared, index)
+    resumed = replicator.start()
+    log.info(
+        "S3 tier: bucket %s%s at %s%s",
+        settings.bucket,
+        f" prefix {shared.prefix}" if shared.prefix else "",
+        shared.endpoint,
+        f"; resuming {resumed} uploads" if resumed else "",
+    )
+    store = TieredStore(disk, shared, index, replicator)
+    if index is not None:
+        store.evict()
+    return store
+
+
+async def close_store(store: TieredStore) -> None:
+    if store.replicator is not None:
+        await store.replicator.close()
+    if store.shared is not None:
+        await store.shared.close()
+
+
+async def serve(settings: Settings, ready: asyncio.Future[int] | None = None) -> None:
+    """Run until SIGTERM/SIGINT, then stop accepting and let responses in flight finish (bounded)."""
+    store = await open_store(settings)
+    try:
+        await _serve(settings, store, ready)
+    finally:
+        await close_store(store)
+
+
+async def _serve(settings: Settings, store: TieredStore, ready: asyncio.Future[int] | None) -> None:
+    root = settings.cache_dir
+    disk = store.local
     upstream = UpstreamClient(settings, idle_timeout=settings.upstream_idle_timeout)
     fills = FillMap()
     tracker = RequestTracker()
+    private = settings.private_registries
+
+    def redirect(registry: str) -> bool:
+        # Private content is served only to clients whose credentials were checked.
+        return settings.s3_redirect and registry not in private
+
     services: dict[str, object] = {
-        "blobs": BlobService(store, upstream, fills, root),
+        "blobs": BlobService(store, upstream, fills, root, redirect),
         "manifests": ManifestService(store, upstream, Policy.from_settings(settings)),
         "disk": disk,
         "tracker": tracker,

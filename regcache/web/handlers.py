@@ -16,7 +16,7 @@ from tornado.iostream import StreamClosedError
 from tornado.web import HTTPError, RequestHandler
 
 from regcache import metrics
-from regcache.cache.blobs import BlobService, FillingBlob, PassedThrough, StoredBlob
+from regcache.cache.blobs import BlobService, FillingBlob, PassedThrough, RedirectedBlob, SharedBlob, StoredBlob
 from regcache.cache.context import ClientContext
 from regcache.cache.manifests import Manifest, ManifestService
 from regcache.config import DOCKER_HUB
@@ -216,6 +216,19 @@ class BlobHandler(BaseHandler):
                 await self._send_filling(answer, ref.digest)
             finally:
                 answer.fill.detach(answer.fd)
+        elif isinstance(answer, SharedBlob):
+            self.cache_result = "hit"
+            metrics.CACHE_RESULTS.labels("hit").inc()
+            self._blob_headers(ref.digest)
+            self.set_header("Content-Length", str(answer.size))
+        elif isinstance(answer, RedirectedBlob):
+            # Straight from S3 (presigned, short-lived): large layers skip this process.
+            self.cache_result = "hit"
+            metrics.CACHE_RESULTS.labels("hit").inc()
+            self.set_status(307)
+            self.set_header("Location", answer.url)
+            self.set_header("Docker-Content-Digest", str(ref.digest))
+            self.set_header("Content-Length", "0")
         else:
             self._send_passed_through(answer, ref.digest)
 
@@ -268,8 +281,9 @@ class BlobHandler(BaseHandler):
 
     async def _send_filling(self, answer: FillingBlob, digest: Digest) -> None:
         fill, head = answer.fill, answer.head
-        # A reader that joins a download already verified reads cached bytes: a hit.
-        self.cache_result = "hit" if answer.hit else "miss"
+        # A reader that joins a download already verified reads cached bytes: a hit; so does one
+        # reading a copy from S3.
+        self.cache_result = "hit" if answer.hit or answer.source == "s3" else "miss"
         metrics.CACHE_RESULTS.labels(self.cache_result).inc()
         self._blob_headers(digest)
         end: int | None = None
@@ -303,7 +317,7 @@ class BlobHandler(BaseHandler):
                 return
             if not await self.send_chunk(chunk):
                 return
-            metrics.SERVED_BYTES.labels("disk" if answer.hit else "upstream").inc(len(chunk))
+            metrics.SERVED_BYTES.labels("disk" if answer.hit else answer.source).inc(len(chunk))
             position += len(chunk)
 
     def _send_passed_through(self, answer: PassedThrough, digest: Digest) -> None:

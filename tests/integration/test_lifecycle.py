@@ -92,7 +92,8 @@ def test_unknown_option_and_bad_values_stop_start_up_with_a_message(scratch):
         (["--no-such-option"], "--no-such-option"),
         (["-m", "maybe"], "--cache-manifests"),
         (["--upstream", "nonsense"], "NS=URL"),
-        (["-b", "bucket"], "--bucket"),
+        (["-b", "Not_A_Bucket"], "--bucket"),
+        (["--local-cache-size", "lots"], "--local-cache-size"),
         (["-f", str(scratch / "missing.yaml")], "--creds-file"),
     ]:
         proc = Regcache(args, cache_dir=scratch / "c")
@@ -136,7 +137,7 @@ def test_broken_cache_storage_sends_cold_blobs_elsewhere_and_keeps_serving_what_
     # Manifests are fetched whole, so they are still served, just not stored.
     got = cache.manifest(fake.ns, REPO, "1.0")
     assert got.status == 200 and got.body == manifest
-    assert cache.metrics()['regcache_storage_errors_total{op="create",tier="staging"}'] == 1
+    assert cache.metrics()['regcache_tier_errors_total{op="create",tier="staging"}'] == 1
 
 
 @pytest.fixture
@@ -169,7 +170,7 @@ def test_a_blob_larger_than_the_free_disk_gets_a_503_not_a_broken_stream(make_re
     # What fits is still cached.
     assert cache.blob(fake.ns, REPO, digest_of(small)).body == small
     assert stored_blob(small_disk, digest_of(small)) == small
-    assert cache.metrics()['regcache_storage_errors_total{op="reserve",tier="staging"}'] == 1
+    assert cache.metrics()['regcache_tier_errors_total{op="reserve",tier="staging"}'] == 1
 
 
 def test_sigterm_waits_for_a_pull_even_after_a_malformed_request(make_regcache, fake):

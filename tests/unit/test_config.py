@@ -118,9 +118,29 @@ def test_skip_tags_is_searched_and_empty_disables():
         settings("-t", "(")
 
 
-def test_bucket_refused_until_the_s3_tier_exists():
-    with pytest.raises(ConfigError, match="--bucket my-bucket"):
-        settings("-b", "my-bucket")
+def test_s3_mode_bounds_the_local_tier_by_default_and_disk_mode_does_not():
+    s3 = settings("-b", "my-bucket", "--s3-prefix", "/team-a/", "--s3-redirect")
+    assert (s3.bucket, s3.s3_prefix, s3.s3_redirect) == ("my-bucket", "team-a", True)
+    assert s3.local_cache_size == 10 * 2**30
+    assert settings().local_cache_size is None
+    assert settings("--local-cache-size", "512M").local_cache_size == 512 * 2**20
+    assert settings("-b", "my-bucket", "--local-cache-size", "1.5G").local_cache_size == int(1.5 * 2**30)
+
+
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [
+        (["-b", "My_Bucket"], "--bucket 'My_Bucket'"),
+        (["--s3-redirect"], "--s3-redirect: needs --bucket"),
+        (["--s3-prefix", "x"], "--s3-prefix: needs --bucket"),
+        (["--local-cache-size", "ten gigs"], "--local-cache-size 'ten gigs'"),
+        (["--local-cache-size", "0"], "--local-cache-size '0'"),
+    ],
+)
+def test_bad_s3_settings_are_refused_naming_the_option(argv, named):
+    with pytest.raises(ConfigError) as refused:
+        settings(*argv)
+    assert named in str(refused.value)
 
 
 def test_private_registries_are_normalised():
