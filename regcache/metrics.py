@@ -91,7 +91,8 @@ EVICTIONS = Counter(
 UPLOADS = Counter(
     "regcache_s3_uploads",
     "Background copies of committed objects to S3, by result (uploaded, present: another "
-    "replica had put it there, vanished: deleted locally first, error).",
+    "replica had put it there, vanished: deleted locally first, rejected: S3 found the local "
+    "copy corrupt and it was removed, error).",
     ["result"],
 )
 UPLOADS_PENDING = Gauge(

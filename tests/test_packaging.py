@@ -347,6 +347,8 @@ def test_k8s_manifests_have_the_expected_kinds() -> None:
     assert kinds == {
         "configmap.yaml": "ConfigMap",
         "deployment.yaml": "Deployment",
+        "deployment-s3.yaml": "Deployment",
+        "serviceaccount-s3.yaml": "ServiceAccount",
         "service.yaml": "Service",
         "ingress.yaml": "Ingress",
     }
@@ -387,6 +389,28 @@ def test_k8s_deployment_matches_the_app(tmp_path: Path) -> None:
         "REGCACHE_CACHE_DIR", "/var/cache/regcache"
     )
     assert Path(cache_env) == settings.cache_dir and str(settings.cache_dir) in mounts.values()
+
+
+@pytest.mark.usefixtures("no_regcache_env")
+def test_k8s_s3_deployment_runs_s3_mode_as_the_irsa_service_account(tmp_path: Path, monkeypatch) -> None:
+    deployment = k8s("deployment-s3.yaml")
+    pod = deployment["spec"]["template"]["spec"]
+    account = k8s("serviceaccount-s3.yaml")
+    assert pod["serviceAccountName"] == account["metadata"]["name"]
+    assert account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].startswith("arn:aws:iam::")
+    (container,) = pod["containers"]
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    args = container["args"]
+    config_file = tmp_path / "regcache.yaml"
+    config_file.write_text(k8s("configmap.yaml")["data"]["regcache.yaml"])
+    settings = settings_from_args(build_parser().parse_args(["-c", str(config_file), *args[2:]]))
+    assert settings.bucket == env["REGCACHE_BUCKET"] and env["AWS_REGION"]
+    cache_volume = next(v for v in pod["volumes"] if v["name"] == "cache")
+    limit = cache_volume["emptyDir"]["sizeLimit"]
+    assert settings.local_cache_size is not None
+    assert settings.local_cache_size < int(limit.removesuffix("Gi")) * 2**30
 
 
 def test_k8s_service_and_ingress_reach_the_pods() -> None:

@@ -6,6 +6,8 @@ manifests/sha256/ab/abcdef…             manifest bytes
 manifests/sha256/ab/abcdef….json        {"media_type": …, "size": …}
 tags/<registry>/<repository>/<tag>.json {"digest": …, "media_type": …, "size": …, "fetched_at": …}
 staging/…                               in-flight downloads (disk only; emptied at start-up)
+uploads/<sha256 of key>                 S3 mode: a committed object not yet uploaded (disk only;
+                                        resumed at start-up)
 ```
 Every name in a key was validated by `oci.reference` (no "..", no leading dot), so a key is a
 relative path that stays inside the tier.

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from regcache import metrics
 from regcache.storage.local_index import LocalIndex
-from regcache.storage.s3 import BACKOFF_FIRST, BACKOFF_MAX, S3Tier, TierUnavailable
+from regcache.storage.s3 import BACKOFF_FIRST, BACKOFF_MAX, ContentRejected, S3Tier, TierUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +110,15 @@ class Replicator:
             while True:
                 try:
                     result = await self._upload(upload)
+                    break
+                except ContentRejected as exc:
+                    # The local copy no longer hashes to its key (S3 checked): drop it, so the
+                    # next pull fetches the object again.
+                    log.warning("S3 refused %s (%s); removing the local copy", upload.key, exc)
+                    (self._root / upload.key).unlink(missing_ok=True)
+                    if self._index is not None:
+                        self._index.remove(upload.key)
+                    result = "rejected"
                     break
                 except TierUnavailable:
                     # Counted and logged (once per burst) by the tier; hold the lane and retry.

@@ -49,6 +49,13 @@ class TierUnavailable(OSError):
     """S3 did not answer, or answered with an error that is not "no such key"."""
 
 
+class ContentRejected(TierUnavailable):
+    """S3 refused an upload because its bytes do not match the checksum sent with them."""
+
+
+_REJECTED = frozenset(("BadDigest", "InvalidDigest", "XAmzContentChecksumMismatch", "XAmzContentSHA256Mismatch"))
+
+
 @dataclass(frozen=True)
 class S3Object:
     key: str
@@ -159,6 +166,10 @@ class S3Tier:
             if missing_ok and _error_code(exc) in _MISSING:
                 self._succeeded()
                 raise FileNotFoundError(op) from None
+            if _error_code(exc) in _REJECTED:
+                # S3 works; these bytes are wrong. Not an outage: no breaker, no retry.
+                metrics.TIER_ERRORS.labels(self.name, "rejected").inc()
+                raise ContentRejected(f"S3 {op}: {_describe(exc)}") from None
             self._failed(op, exc)
             raise TierUnavailable(f"S3 {op}: {_describe(exc) or 'timed out'}") from None
         self._succeeded()
