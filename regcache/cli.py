@@ -21,6 +21,7 @@ from regcache.config import (
     Settings,
     load_creds_file,
     parse_bool,
+    parse_duration,
     parse_skip_tags,
     parse_upstreams,
 )
@@ -84,8 +85,38 @@ def build_parser() -> configargparse.ArgumentParser:
         metavar="SECONDS",
         help="abort an upstream download that sends no byte for this long",
     )
+    add_reliability_options(parser)
     parser.add_argument("-v", "--version", action="version", version=f"regcache {__version__}")
     return parser
+
+
+def add_reliability_options(parser: configargparse.ArgumentParser) -> None:
+    """Tag freshness and which registries may be reached (issue 5)."""
+    parser.add_argument(
+        "--tag-ttl",
+        default="5m",
+        metavar="DURATION",
+        help="serve a cached tag this long (30s, 5m, 1h), then revalidate it with a HEAD upstream",
+    )
+    parser.add_argument(
+        "--allow-registry",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="glob of ns values served (repeatable; default '*': every registry)",
+    )
+
+
+def reliability_settings(args: configargparse.Namespace) -> dict[str, object]:
+    """The Settings fields of add_reliability_options, validated."""
+    tag_ttl = parse_duration("--tag-ttl", args.tag_ttl)
+    patterns = []
+    for pattern in args.allow_registry or ["*"]:
+        pattern = pattern.strip().lower()
+        if not pattern or any(c.isspace() or c in "/#@" for c in pattern):
+            raise ConfigError(f"--allow-registry {pattern!r}: expected a glob of host[:port], e.g. *.example.com")
+        patterns.append(pattern)
+    return {"tag_ttl": tag_ttl, "allow_registries": tuple(patterns)}
 
 
 def settings_from_args(args: configargparse.Namespace) -> Settings:
@@ -126,6 +157,7 @@ def settings_from_args(args: configargparse.Namespace) -> Settings:
         log_level=args.log_level,
         bucket=args.bucket or None,
         upstream_idle_timeout=args.upstream_idle_timeout,
+        **reliability_settings(args),
     )
 
 

@@ -70,10 +70,25 @@ class Settings:
     log_level: str = "info"
     bucket: str | None = None
     upstream_idle_timeout: float = 60.0
+    # --- reliability and security (issue 5) ---
+    tag_ttl: float = 300.0
+    allow_registries: tuple[str, ...] = ("*",)
 
     def endpoint(self, registry: str) -> str:
         """The base URL of a registry's API: configured, built in, or https://<registry>."""
         return self.upstreams.get(registry) or f"https://{registry}"
+
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_duration(option: str, text: str) -> float:
+    """Seconds from `300`, `30s`, `5m`, `1h` or `250ms`."""
+    match = _DURATION_RE.match(str(text))
+    if not match:
+        raise ConfigError(f"{option} {text!r}: expected a duration such as 30s, 5m or 1h")
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
 
 
 def parse_bool(option: str, text: str) -> bool:

@@ -80,3 +80,9 @@ STORAGE_ERRORS = Counter(
     "Failures of regcache's own storage, by tier and operation.",
     ["tier", "op"],
 )
+STALE_SERVED = Counter(
+    "regcache_stale_served",
+    "Stored tags served past --tag-ttl because the registry could not revalidate them "
+    "(unreachable, timeout, 429, 5xx).",
+    ["registry"],
+)

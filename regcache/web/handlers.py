@@ -18,7 +18,7 @@ from tornado.web import HTTPError, RequestHandler
 from regcache import metrics
 from regcache.cache.blobs import BlobService, FillingBlob, PassedThrough, StoredBlob
 from regcache.cache.context import ClientContext
-from regcache.cache.manifests import Manifest, ManifestService
+from regcache.cache.manifests import Manifest, ManifestService, upstream_unavailable
 from regcache.config import DOCKER_HUB
 from regcache.errors import BadRequest, RegcacheError
 from regcache.oci import mediatypes
@@ -135,7 +135,15 @@ class BaseHandler(RequestHandler):
         self.request.connection.stream.close()
 
     def pass_through(self, response: UpstreamResponse, include_body: bool) -> None:
-        """The upstream's answer, unchanged but for hop-by-hop headers."""
+        """The upstream's answer, unchanged but for hop-by-hop headers.
+
+        Except a 429 or 5xx: containerd retries a 429 on the same host (up to 5 times) and
+        would wait on the mirror, while a 503 sends it to the next host, the registry itself.
+        The registry's Retry-After goes in the error body, not in a header a client would obey.
+        """
+        if upstream_unavailable(response.status):
+            self.unavailable(response)
+            return
         self.set_status(response.status)
         self.clear_header("Content-Type")
         seen: set[str] = set()
@@ -154,6 +162,17 @@ class BaseHandler(RequestHandler):
             if length is not None:
                 self.set_header("Content-Length", length)
             self.finish()
+
+    def unavailable(self, response: UpstreamResponse) -> None:
+        retry_after = response.headers.get("Retry-After")
+        detail: dict[str, object] = {"upstream_status": response.status}
+        message = f"upstream {self.registry} answered {response.status}"
+        if retry_after:
+            detail["retry_after"] = retry_after[:100]
+            message += f" (Retry-After: {retry_after[:100]})"
+        self.set_status(503)
+        self.set_header("Content-Type", "application/json")
+        self.finish(error_body("UNAVAILABLE", message + "; fetch from the registry itself", detail))
 
 
 class PingHandler(BaseHandler):
