@@ -35,6 +35,7 @@ from regcache import __version__, metrics
 from regcache.config import Settings
 from regcache.errors import RegcacheError, UpstreamError
 from regcache.upstream.auth import Authenticator, TokenAnswer, TokenRequest
+from regcache.upstream.guard import AddressGuard
 
 log = logging.getLogger(__name__)
 
@@ -214,6 +215,7 @@ class UpstreamClient:
         self._http = CurlAsyncHTTPClient(force_instance=True, max_clients=256, max_body_size=1 << 50)
         self._ca_bundle = _combined_ca_bundle(settings.upstream_ca) if settings.upstream_ca else None
         self._auth = Authenticator(settings.creds, self._fetch_token)
+        self.guard = AddressGuard(settings)
         # Its DEBUG output includes request headers, Authorization among them.
         logging.getLogger("tornado.curl_httpclient").setLevel(logging.INFO)
 
@@ -231,6 +233,7 @@ class UpstreamClient:
         A 2xx body goes to `sink` when it asks for it; anything else is held (up to a limit) in
         the returned response so that it can be passed to the client unchanged.
         """
+        self.guard.check_registry(request.registry)
         base = self.endpoint(request.registry)
         url = base + request.path
         origin = _origin(url)
@@ -264,7 +267,8 @@ class UpstreamClient:
                 return not (status == 401 and can_authenticate)
 
             attempt = _Attempt(sink, decide_final, request.buffered_limit)
-            await self._send(request.registry, method, url, request.headers, send_auth, attempt)
+            pins = await self.guard.pin(request.registry, url, proxied=_proxy_for(url) is not None)
+            await self._send(request.registry, method, url, request.headers, send_auth, attempt, pins)
             if not attempt.final:
                 if attempt.status in REDIRECT_STATUSES:
                     redirects += 1
@@ -292,6 +296,7 @@ class UpstreamClient:
         headers: Mapping[str, str],
         authorization: str | None,
         attempt: _Attempt,
+        pins: list[str],
     ) -> None:
         send_headers = HTTPHeaders({"User-Agent": USER_AGENT})
         for name, value in headers.items():
@@ -310,7 +315,7 @@ class UpstreamClient:
             header_callback=attempt.header_line,
             streaming_callback=attempt.chunk,
             ca_certs=self._ca_bundle,
-            prepare_curl_callback=lambda curl: self._prepare_curl(curl, proxy, attempt),
+            prepare_curl_callback=lambda curl: self._prepare_curl(curl, proxy, pins, attempt),
         )
         label = metrics.registry_label(registry)
         started = time.monotonic()
@@ -338,8 +343,12 @@ class UpstreamClient:
         if attempt.error is not None:
             raise attempt.error
 
-    def _prepare_curl(self, curl: pycurl.Curl, proxy: str | None, attempt: _Attempt | None = None) -> None:
+    def _prepare_curl(
+        self, curl: pycurl.Curl, proxy: str | None, pins: list[str], attempt: _Attempt | None = None
+    ) -> None:
         curl.setopt(pycurl.PROXY, proxy or "")
+        # Connect only to the addresses the guard checked (handles are reused: always set).
+        curl.setopt(pycurl.RESOLVE, pins)
         info = getattr(curl, "info", None)
         buffer = info.get("streaming_buffer") if isinstance(info, dict) else None
         if attempt is not None and buffer is not None:
@@ -358,6 +367,11 @@ class UpstreamClient:
 
     async def _fetch_token(self, request: TokenRequest) -> TokenAnswer:
         proxy = _proxy_for(request.url)
+        try:
+            pins = await self.guard.pin(request.registry, request.url, proxied=proxy is not None)
+        except RegcacheError as exc:
+            log.warning("token realm %s refused: %s", _origin(request.url), exc)
+            return TokenAnswer(403, b"")
         http_request = HTTPRequest(
             request.url,
             headers={"Authorization": request.authorization, "User-Agent": USER_AGENT},
@@ -365,7 +379,7 @@ class UpstreamClient:
             connect_timeout=self._connect_timeout,
             request_timeout=30,
             ca_certs=self._ca_bundle,
-            prepare_curl_callback=lambda curl: self._prepare_curl(curl, proxy),
+            prepare_curl_callback=lambda curl: self._prepare_curl(curl, proxy, pins),
         )
         response = await self._http.fetch(http_request, raise_error=False)
         if response.code == 599:

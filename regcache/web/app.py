@@ -101,6 +101,7 @@ async def serve(settings: Settings, ready: asyncio.Future[int] | None = None) ->
         "manifests": ManifestService(store, upstream, Policy.from_settings(settings)),
         "disk": disk,
         "tracker": tracker,
+        "guard": upstream.guard,
     }
     app = make_app(services)
     server = HTTPServer(app, xheaders=False, max_header_size=MAX_HEADER_SIZE, idle_connection_timeout=300)

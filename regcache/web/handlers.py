@@ -101,14 +101,17 @@ class BaseHandler(RequestHandler):
         ns = self.get_query_argument("ns", None)
         if ns is None:
             # Docker's registry-mirrors only ever mirror Docker Hub and send no ns.
-            if self.request.headers.get("User-Agent", "").startswith("docker/"):
-                self.registry = DOCKER_HUB
-                return DOCKER_HUB
-            raise BadRequest(
-                "UNSUPPORTED",
-                "missing ns query argument: configure containerd to use regcache as a mirror (hosts.toml), which sends ?ns=<registry>",
-            )
-        self.registry = parse_registry(ns)
+            if not self.request.headers.get("User-Agent", "").startswith("docker/"):
+                raise BadRequest(
+                    "UNSUPPORTED",
+                    "missing ns query argument: configure containerd to use regcache as a mirror (hosts.toml), which sends ?ns=<registry>",
+                )
+            self.registry = DOCKER_HUB
+        else:
+            self.registry = parse_registry(ns)
+        guard = self.services.get("guard")
+        if guard is not None:
+            guard.check_registry(self.registry)  # --allow-registry, IP literals: 403
         return self.registry
 
     def client_context(self) -> ClientContext:
