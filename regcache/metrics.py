@@ -86,3 +86,8 @@ STALE_SERVED = Counter(
     "(unreachable, timeout, 429, 5xx).",
     ["registry"],
 )
+STORAGE_PASSTHROUGH = Counter(
+    "regcache_storage_passthrough",
+    "Blob downloads streamed to the client without being stored, because the cache's own "
+    "storage could not take them (full disk, unwritable cache dir).",
+)

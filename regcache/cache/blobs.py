@@ -10,6 +10,7 @@ from pathlib import Path
 from regcache import metrics
 from regcache.cache.context import ClientContext
 from regcache.cache.fill import Fill, FillHead, FillMap
+from regcache.cache.relay import Relay
 from regcache.errors import RegcacheError, StorageError
 from regcache.oci.reference import BlobRef
 from regcache.storage.base import ObjectReader, blob_key
@@ -41,7 +42,7 @@ class PassedThrough:
     response: UpstreamResponse
 
 
-BlobAnswer = StoredBlob | FillingBlob | PassedThrough
+BlobAnswer = StoredBlob | FillingBlob | PassedThrough | Relay
 
 
 class BlobService:
@@ -59,12 +60,17 @@ class BlobService:
                 return StoredBlob(found[0])
         if client.method == "HEAD":
             return PassedThrough(await self._upstream.fetch(self._request(ref, client, "HEAD")))
-        fill = self._fills.get(key) if key is not None else None
-        if fill is not None and fill.error is None:
-            joined = await self._join(fill, ref, client)
-            if joined is not None:
-                return joined
-        return await self._start(ref, client, key)
+        try:
+            fill = self._fills.get(key) if key is not None else None
+            if fill is not None and fill.error is None:
+                joined = await self._join(fill, ref, client)
+                if joined is not None:
+                    return joined
+            return await self._start(ref, client, key)
+        except StorageError as exc:
+            # The cache cannot take it (full disk, unwritable dir): the pull goes on uncached.
+            relay = await Relay.start(self._upstream.fetch, self._request(ref, client, "GET"), ref.digest, exc)
+            return relay if relay.ok else PassedThrough(relay.response)
 
     async def _join(self, fill: Fill, ref: BlobRef, client: ClientContext) -> BlobAnswer | None:
         """Read along with a download in flight; None when its answer was meant for someone else.

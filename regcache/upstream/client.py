@@ -21,7 +21,7 @@ import tempfile
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -107,6 +107,9 @@ class Sink(Protocol):
     def abandoned(self) -> bool:
         """True once the sink wants no more bytes (its own failure, e.g. a full disk)."""
 
+    # Optional, for sinks that relay to a slower reader (cache/relay.py): `full` pauses the
+    # transfer, and `on_pause(resume)` hands over the function that continues it.
+
 
 class _Attempt:
     """Collects one HTTP exchange: header lines as they come, then the body, streamed or held."""
@@ -127,12 +130,34 @@ class _Attempt:
         self.received = 0
         self.headers_at: float | None = None
         self.error: RegcacheError | None = None
+        self.finished = False
+        self._paused_curl: pycurl.Curl | None = None
+        self.kick: Callable[[], None] = lambda: None
 
     def should_stop(self) -> bool:
         """Whether the transfer should be cut off now (checked by curl's write callback)."""
         if self.error is not None or self.truncated:
             return True
         return self.streaming and self._sink is not None and self._sink.abandoned
+
+    def should_pause(self) -> bool:
+        """Whether the sink's reader has fallen behind (checked by curl's write callback)."""
+        return self.streaming and bool(getattr(self._sink, "full", False))
+
+    def paused(self, curl: pycurl.Curl) -> None:
+        self._paused_curl = curl
+        self._sink.on_pause(self.resume)
+
+    def resume(self) -> None:
+        """Continue a paused transfer (called by the sink once its reader has caught up)."""
+        curl, self._paused_curl = self._paused_curl, None
+        if curl is None or self.finished:
+            return
+        try:
+            curl.pause(pycurl.PAUSE_CONT)  # may call the write callback again, at once
+        except pycurl.error:
+            return  # the transfer failed while paused; the fetch reports it
+        self.kick()
 
     def header_line(self, line: str) -> None:
         if self.headers_done:
@@ -325,6 +350,8 @@ class UpstreamClient:
             attempt.complete(await self._http.fetch(http_request, raise_error=False))
         except Exception as exc:  # noqa: BLE001 - every transport failure becomes an UpstreamError
             failure = exc
+        finally:
+            attempt.finished = True
         metrics.UPSTREAM_BYTES.labels(label).inc(attempt.received)
         # A transfer we cut off ourselves (a sink's error, a body past its limit) is not a failure
         # of the upstream's.
@@ -355,7 +382,19 @@ class UpstreamClient:
             # Tornado's streaming write function, wrapped so that we can cut a transfer off:
             # writing nothing makes libcurl fail it (CURLE_WRITE_ERROR) and close the connection.
             write = buffer.write
-            curl.setopt(pycurl.WRITEFUNCTION, lambda chunk: 0 if attempt.should_stop() else write(chunk))
+
+            def write_chunk(chunk: bytes) -> int:
+                if attempt.should_stop():
+                    return 0
+                if attempt.should_pause():
+                    # curl keeps the chunk and hands it over again when resumed.
+                    attempt.paused(curl)
+                    return pycurl.WRITEFUNC_PAUSE
+                return write(chunk)
+
+            curl.setopt(pycurl.WRITEFUNCTION, write_chunk)
+            # Resumed transfers need a socket_action to make progress (as Tornado's own pause does).
+            attempt.kick = lambda: getattr(self._http, "_set_timeout", lambda _delay: None)(0)
         if proxy:
             # The proxy's "200 Connection established" must not pass for the registry's answer.
             curl.setopt(SUPPRESS_CONNECT_HEADERS, 1)

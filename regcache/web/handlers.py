@@ -19,6 +19,7 @@ from regcache import metrics
 from regcache.cache.blobs import BlobService, FillingBlob, PassedThrough, StoredBlob
 from regcache.cache.context import ClientContext
 from regcache.cache.manifests import Manifest, ManifestService, upstream_unavailable
+from regcache.cache.relay import STORAGE_HEALTH, Relay
 from regcache.config import DOCKER_HUB
 from regcache.errors import BadRequest, RegcacheError
 from regcache.oci import mediatypes
@@ -238,6 +239,11 @@ class BlobHandler(BaseHandler):
                 await self._send_filling(answer, ref.digest)
             finally:
                 answer.fill.detach(answer.fd)
+        elif isinstance(answer, Relay):
+            try:
+                await self._send_relayed(answer, ref.digest)
+            finally:
+                answer.close()
         else:
             self._send_passed_through(answer, ref.digest)
 
@@ -328,6 +334,30 @@ class BlobHandler(BaseHandler):
             metrics.SERVED_BYTES.labels("disk" if answer.hit else "upstream").inc(len(chunk))
             position += len(chunk)
 
+    async def _send_relayed(self, relay: Relay, digest: Digest) -> None:
+        """A download the cache could not store, streamed through as it arrives (whole: a Range
+        is not honoured here, which RFC 9110 allows)."""
+        self.cache_result = "skip"
+        metrics.CACHE_RESULTS.labels("skip").inc()
+        self._blob_headers(digest)
+        if relay.size is not None:
+            self.set_header("Content-Length", str(relay.size))
+        try:
+            await self.flush()
+        except StreamClosedError:
+            return
+        while True:
+            try:
+                chunk = await relay.read()
+            except RegcacheError:
+                self.abort_connection()
+                return
+            if chunk is None:
+                return
+            if not await self.send_chunk(chunk):
+                return
+            metrics.SERVED_BYTES.labels("upstream").inc(len(chunk))
+
     def _send_passed_through(self, answer: PassedThrough, digest: Digest) -> None:
         self.cache_result = "skip"
         metrics.CACHE_RESULTS.labels("skip").inc()
@@ -355,11 +385,18 @@ class ReadyHandler(BaseHandler):
     async def get(self) -> None:
         disk = self.services["disk"]
         self.set_header("Content-Type", "application/json")
-        if disk.writable():
-            self.finish(b'{"status":"ready"}')
-        else:
+        trouble = STORAGE_HEALTH.trouble()
+        if not disk.writable():
             self.set_status(503)
-            self.finish(error_body("UNAVAILABLE", f"cache dir {disk.root} is not writable"))
+            self.finish(
+                error_body("UNAVAILABLE", f"cache dir {disk.root} is not writable; pulls pass through uncached")
+            )
+        elif trouble is not None:
+            # Recent failures (a full disk still takes an empty probe file): reported for a minute.
+            self.set_status(503)
+            self.finish(error_body("UNAVAILABLE", f"cache storage failing: {trouble}; pulls pass through uncached"))
+        else:
+            self.finish(b'{"status":"ready"}')
 
 
 class UploadHandler(BaseHandler):
