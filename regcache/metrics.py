@@ -91,3 +91,8 @@ STORAGE_PASSTHROUGH = Counter(
     "Blob downloads streamed to the client without being stored, because the cache's own "
     "storage could not take them (full disk, unwritable cache dir).",
 )
+FILL_RESUMES = Counter(
+    "regcache_fill_resumes",
+    "Downloads the upstream broke off that were continued with a Range request.",
+    ["registry"],
+)

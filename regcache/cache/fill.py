@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 HOLDBACK = 1
 # Chunks written in one system call at most (IOV_MAX is 1024).
 MAX_BATCH = 512
+# Range requests that continue a download the upstream broke off, before it is given up.
+MAX_RESUMES = 2
 # Writes and hashing of staging files run here; each fill has at most one batch in flight, so
 # its bytes land in order.
 _WRITER = ThreadPoolExecutor(max_workers=4, thread_name_prefix="regcache-staging")
@@ -70,9 +72,17 @@ class Fill:
         self._writing = False
         self._idle = asyncio.Event()
         self._idle.set()
+        # Resuming: bytes received so far, the Range header the upstream client sends (it reads
+        # `extra_headers` from its sink) and bytes of a 200 answer that we already have.
+        self.received = 0
+        self.extra_headers: dict[str, str] = {}
+        self._skip = 0
 
     # --- Sink ---------------------------------------------------------------------------------
     def on_headers(self, status: int, headers: HTTPHeaders) -> bool:
+        if self.head.done():
+            self._resumed(status, headers)
+            return True
         length = headers.get("Content-Length")
         self.size = int(length) if length and length.isdigit() else None
         if self.size:
@@ -86,6 +96,19 @@ class Fill:
         self.head.set_result(FillHead(UpstreamResponse(status, headers), self.size))
         return True
 
+    def _resumed(self, status: int, headers: HTTPHeaders) -> None:
+        """The answer to a Range request that continues this download: it must continue it."""
+        offset = self.received
+        if status == 200 and headers.get("Content-Length") == str(self.size):
+            self._skip = offset  # the upstream ignored the Range: drop what we already have
+            return
+        expected = f"bytes {offset}-{(self.size or 0) - 1}/{self.size}"
+        if status != 206 or headers.get("Content-Range", "").replace(" ", "") != expected.replace(" ", ""):
+            raise UpstreamError(
+                self.registry,
+                f"cannot resume at byte {offset}: answered {status} {headers.get('Content-Range', '')}".rstrip(),
+            )
+
     @property
     def abandoned(self) -> bool:
         return self.error is not None
@@ -96,6 +119,13 @@ class Fill:
         make the next, larger batch."""
         if self.error is not None:
             return
+        if self._skip:
+            dropped = min(self._skip, len(chunk))
+            self._skip -= dropped
+            chunk = chunk[dropped:]
+            if not chunk:
+                return
+        self.received += len(chunk)
         self._pending.append(chunk)
         self._write_next()
 
@@ -131,10 +161,35 @@ class Fill:
         started = time.monotonic()
         metrics.FILLS_IN_FLIGHT.inc()
         try:
-            try:
-                response = await fetch(self)
-            except RegcacheError as exc:
-                self._fail(exc)
+            resumes = 0
+            while True:
+                try:
+                    response = await fetch(self)
+                    break
+                except UpstreamError as exc:
+                    if not self._resumable(resumes):
+                        self._fail(exc)
+                        return
+                    resumes += 1
+                    log.warning(
+                        "fill %s: %s after %d of %d bytes; resuming with a Range request (%d of %d)",
+                        self.key,
+                        exc,
+                        self.received,
+                        self.size,
+                        resumes,
+                        MAX_RESUMES,
+                    )
+                    metrics.FILL_RESUMES.labels(metrics.registry_label(self.registry)).inc()
+                    self.extra_headers = {"Range": f"bytes={self.received}-"}
+                    self._skip = 0
+                except RegcacheError as exc:
+                    self._fail(exc)
+                    return
+            if resumes and not 200 <= response.status < 300:
+                self._fail(
+                    UpstreamError(self.registry, f"cannot resume at byte {self.received}: answered {response.status}")
+                )
                 return
             if not self.head.done():
                 # Not a 2xx: the client gets the upstream's answer as it is; nothing is stored.
@@ -172,6 +227,13 @@ class Fill:
                 self.staging.close()
             else:
                 self.staging.discard()
+
+    def _resumable(self, resumes: int) -> bool:
+        """Whether a broken download can go on where it stopped: its 2xx answer with a length
+        reached the readers, and neither it nor its storage has failed otherwise."""
+        if resumes >= MAX_RESUMES or self.error is not None or not self.head.done() or self.head.exception():
+            return False
+        return self.head.result().ok and self.size is not None and 0 < self.received < self.size
 
     def _verify(self) -> None:
         if self.size is not None and self.written != self.size:

@@ -293,7 +293,9 @@ class UpstreamClient:
 
             attempt = _Attempt(sink, decide_final, request.buffered_limit)
             pins = await self.guard.pin(request.registry, url, proxied=_proxy_for(url) is not None)
-            await self._send(request.registry, method, url, request.headers, send_auth, attempt, pins)
+            # A sink may add headers: a fill resuming a broken download asks for a Range.
+            headers = {**request.headers, **getattr(sink, "extra_headers", {})}
+            await self._send(request.registry, method, url, headers, send_auth, attempt, pins)
             if not attempt.final:
                 if attempt.status in REDIRECT_STATUSES:
                     redirects += 1
