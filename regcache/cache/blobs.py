@@ -8,12 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from regcache import metrics
+from regcache.cache.access import AccessCheck
 from regcache.cache.context import ClientContext
 from regcache.cache.fill import Fill, FillHead, FillMap
 from regcache.cache.relay import Relay
 from regcache.errors import RegcacheError, StorageError
 from regcache.oci.reference import BlobRef
-from regcache.storage.base import ObjectReader, blob_key
+from regcache.storage.base import ObjectReader, blob_key, private_blob_key
 from regcache.storage.staging import StagingFile
 from regcache.storage.tiered import TieredStore
 from regcache.upstream.client import UpstreamClient, UpstreamRequest, UpstreamResponse
@@ -51,9 +52,16 @@ class BlobService:
         self._upstream = upstream
         self._fills = fills
         self._staging_root = staging_root
+        self._access = AccessCheck(upstream)
 
     async def open(self, ref: BlobRef, client: ClientContext) -> BlobAnswer:
         key = blob_key(ref.digest) if ref.digest.verifiable else None
+        if self._access.applies(ref.registry):
+            # Private: the registry says whether this client may read it, cached or not.
+            refused = await self._access.refusal(ref, client)
+            if refused is not None:
+                return PassedThrough(refused)
+            key = private_blob_key(ref.registry, ref.digest) if key is not None else None
         if key is not None:
             found = await self._store.open(key)
             if found is not None:

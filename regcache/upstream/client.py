@@ -252,6 +252,11 @@ class UpstreamClient:
     def endpoint(self, registry: str) -> str:
         return self._settings.endpoint(registry)
 
+    @property
+    def private_registries(self) -> frozenset[str]:
+        """Registries whose cached content is served only after the registry says yes."""
+        return self._settings.private_registries
+
     async def fetch(self, request: UpstreamRequest, sink: Sink | None = None) -> UpstreamResponse:
         """Send a request, following redirects and answering auth challenges with our credentials.
 
