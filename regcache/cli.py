@@ -19,6 +19,7 @@ from regcache.config import (
     LOG_LEVELS,
     CredentialStore,
     Settings,
+    creds_file_warning,
     load_creds_file,
     parse_bool,
     parse_duration,
@@ -182,6 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         parser.exit(2, f"regcache: error: --cache-dir {args.cache_dir}: {exc.strerror}\n")
     configure_logging(settings.log_level)
+    warning = creds_file_warning(Path(args.creds_file)) if args.creds_file else None
+    if warning:
+        log.warning("%s", warning)
     from regcache.web.app import serve
 
     try:

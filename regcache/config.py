@@ -128,28 +128,48 @@ def parse_skip_tags(text: str) -> re.Pattern[str] | None:
 
 
 def load_creds_file(path: Path) -> CredentialStore:
+    """Parse the creds file; a ConfigError names the file and the line of what is wrong."""
     try:
         text = path.read_text()
     except OSError as exc:
         raise ConfigError(f"--creds-file {path}: cannot read: {exc.strerror}") from None
     try:
         data = yaml.safe_load(text)
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"--creds-file {path}: not valid YAML: {exc}") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "cannot parse"
+        raise ConfigError(f"--creds-file {path}: {where}not valid YAML: {problem}") from None
     if data is None:
         return CredentialStore()
     if not isinstance(data, dict):
-        raise ConfigError(f"--creds-file {path}: expected a mapping of registry: {{username, password}}")
+        raise ConfigError(f"--creds-file {path}: line 1: expected a mapping of registry: {{username, password}}")
+    lines = {}
+    if isinstance(root, yaml.MappingNode):
+        lines = {str(k.value): k.start_mark.line + 1 for k, _v in root.value}
     entries: dict[str, Credentials] = {}
     for key, value in data.items():
+        where = f"--creds-file {path}: line {lines.get(str(key), '?')}: entry {key!r}"
         name = str(key).strip().rstrip("/").lower()
         if not isinstance(value, dict):
-            raise ConfigError(f"--creds-file {path}: entry {key!r} must be a mapping with username and password")
+            raise ConfigError(f"{where} must be a mapping with username and password")
         missing = [k for k in ("username", "password") if not value.get(k)]
         if missing:
-            raise ConfigError(f"--creds-file {path}: entry {key!r} has no {' or '.join(missing)}")
+            raise ConfigError(f"{where} has no {' or '.join(missing)}")
         unknown = sorted(set(value) - {"username", "password"})
         if unknown:
-            raise ConfigError(f"--creds-file {path}: entry {key!r} has unknown keys {unknown}")
+            raise ConfigError(f"{where} has unknown keys {unknown}")
         entries[name] = Credentials(str(value["username"]), str(value["password"]))
     return CredentialStore(MappingProxyType(entries))
+
+
+def creds_file_warning(path: Path) -> str | None:
+    """A warning when anyone on the host can read the passwords in the creds file."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return None
+    if mode & 0o004:
+        return f"--creds-file {path} is readable by every user (mode {mode & 0o777:o}); restrict it: chmod 600 {path}"
+    return None

@@ -245,3 +245,21 @@ def test_sigterm_waits_for_a_pull_even_after_a_malformed_request(make_regcache, 
     cache.proc.proc.send_signal(signal.SIGTERM)
     assert first + resp.read() == data
     assert cache.proc.proc.wait(timeout=30) == 0
+
+
+def test_creds_file_readable_by_everyone_is_warned_about_and_a_malformed_one_stops_start_up(make_regcache, scratch):
+    creds = scratch / "creds.yaml"
+    creds.write_text("ghcr.io:\n  username: u\n  password: secret-pw-1\n")
+    creds.chmod(0o644)
+    cache = make_regcache("-f", str(creds))
+    [line] = log_lines(cache.log(), r"WARNING .*creds-file")
+    assert str(creds) in line and "readable by every user" in line and "secret-pw-1" not in cache.log()
+    creds.chmod(0o600)
+    quiet = make_regcache("-f", str(creds))
+    assert not log_lines(quiet.log(), r"creds-file")
+
+    creds.write_text("ghcr.io:\n  username: u\n  password: secret-pw-1\nquay.io:\n  username: v\n")
+    broken = Regcache(["-f", str(creds)], cache_dir=scratch / "c")
+    assert _run_to_exit(broken) == 2
+    assert "line 4: entry 'quay.io' has no password" in broken.log()
+    assert "Traceback" not in broken.log() and "secret-pw-1" not in broken.log()

@@ -4,7 +4,7 @@ import pytest
 
 from regcache.cache.policy import Policy
 from regcache.cli import build_parser, settings_from_args
-from regcache.config import parse_duration
+from regcache.config import creds_file_warning, load_creds_file, parse_duration
 from regcache.errors import ConfigError
 
 
@@ -44,3 +44,31 @@ def test_a_tag_is_fresh_for_its_ttl_only():
     assert not policy.tag_is_fresh(None, 1000.0), "a pointer without a time is revalidated"
     assert not policy.tag_is_fresh(5000.0, 1000.0), "a pointer from the future is revalidated"
     assert not Policy(tag_ttl=0.0).tag_is_fresh(1000.0, 1000.0)
+
+
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("docker.io: {username: a, password: b}\nghcr.io: {username: u}\n", "line 2: entry 'ghcr.io' has no password"),
+        ("docker.io:\n  username: a\n  password: b\n\nquay.io: nope\n", "line 5: entry 'quay.io' must be a mapping"),
+        ("a: {username: u, password: p}\nb: [unclosed\n", "line 3: not valid YAML"),
+        ("a:\n  username: u\n   password: p\n", "line 3: not valid YAML"),
+        ("x: {username: u, password: p, token: t}\n", "line 1: entry 'x' has unknown keys"),
+    ],
+)
+def test_a_malformed_creds_file_names_the_line(tmp_path, text, words):
+    path = tmp_path / "creds.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_creds_file(path)
+    assert words in str(info.value) and str(path) in str(info.value)
+
+
+def test_a_world_readable_creds_file_gets_a_warning(tmp_path):
+    path = tmp_path / "creds.yaml"
+    path.write_text("docker.io: {username: u, password: p}\n")
+    path.chmod(0o644)
+    warning = creds_file_warning(path)
+    assert warning is not None and "chmod 600" in warning and str(path) in warning
+    path.chmod(0o640)
+    assert creds_file_warning(path) is None
