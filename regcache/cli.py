@@ -106,6 +106,27 @@ def add_reliability_options(parser: configargparse.ArgumentParser) -> None:
         metavar="PATTERN",
         help="glob of ns values served (repeatable; default '*': every registry)",
     )
+    parser.add_argument(
+        "--max-fills",
+        default=128,
+        type=int,
+        metavar="N",
+        help="upstream downloads into the cache at once; more cold blobs get 503 (the registry serves them)",
+    )
+    parser.add_argument(
+        "--max-fill-clients",
+        default=256,
+        type=int,
+        metavar="N",
+        help="clients reading one download at once; more get 503",
+    )
+    parser.add_argument(
+        "--client-idle-timeout",
+        default=60.0,
+        type=float,
+        metavar="SECONDS",
+        help="close a client connection that sends no request, or takes no byte, for this long",
+    )
 
 
 def reliability_settings(args: configargparse.Namespace) -> dict[str, object]:
@@ -117,7 +138,18 @@ def reliability_settings(args: configargparse.Namespace) -> dict[str, object]:
         if not pattern or any(c.isspace() or c in "/#@" for c in pattern):
             raise ConfigError(f"--allow-registry {pattern!r}: expected a glob of host[:port], e.g. *.example.com")
         patterns.append(pattern)
-    return {"tag_ttl": tag_ttl, "allow_registries": tuple(patterns)}
+    for option, value in (("--max-fills", args.max_fills), ("--max-fill-clients", args.max_fill_clients)):
+        if value < 1:
+            raise ConfigError(f"{option} {value}: must be at least 1")
+    if args.client_idle_timeout <= 0:
+        raise ConfigError(f"--client-idle-timeout {args.client_idle_timeout}: must be positive")
+    return {
+        "tag_ttl": tag_ttl,
+        "allow_registries": tuple(patterns),
+        "max_fills": args.max_fills,
+        "max_fill_clients": args.max_fill_clients,
+        "client_idle_timeout": args.client_idle_timeout,
+    }
 
 
 def settings_from_args(args: configargparse.Namespace) -> Settings:

@@ -73,6 +73,9 @@ class Settings:
     # --- reliability and security (issue 5) ---
     tag_ttl: float = 300.0
     allow_registries: tuple[str, ...] = ("*",)
+    max_fills: int = 128
+    max_fill_clients: int = 256
+    client_idle_timeout: float = 60.0
 
     def endpoint(self, registry: str) -> str:
         """The base URL of a registry's API: configured, built in, or https://<registry>."""

@@ -96,3 +96,10 @@ FILL_RESUMES = Counter(
     "Downloads the upstream broke off that were continued with a Range request.",
     ["registry"],
 )
+OVERLOADED = Counter(
+    "regcache_overloaded",
+    "Requests answered 503 because a limit was reached: fills (--max-fills) or fill-clients (--max-fill-clients).",
+    ["limit"],
+)
+for _limit in ("fills", "fill-clients"):
+    OVERLOADED.labels(_limit)

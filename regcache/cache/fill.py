@@ -38,6 +38,11 @@ MAX_RESUMES = 2
 _WRITER = ThreadPoolExecutor(max_workers=4, thread_name_prefix="regcache-staging")
 
 
+class Overloaded(RegcacheError):
+    """More downloads, or more readers of one, than the limits allow: the client should get the
+    object from the registry itself (503), not wait for the cache."""
+
+
 @dataclass(frozen=True)
 class FillHead:
     """The upstream's final answer, known before the body: what the client is told first."""
@@ -77,6 +82,8 @@ class Fill:
         self.received = 0
         self.extra_headers: dict[str, str] = {}
         self._skip = 0
+        self.readers = 0
+        self.max_readers: int | None = None
 
     # --- Sink ---------------------------------------------------------------------------------
     def on_headers(self, status: int, headers: HTTPHeaders) -> bool:
@@ -263,12 +270,27 @@ class Fill:
 
     # --- readers ------------------------------------------------------------------------------
     def attach(self) -> int:
-        """A reader's own descriptor on the staging file; call while the fill is in the map."""
-        return self.staging.dup()
+        """A reader's own descriptor on the staging file; call while the fill is in the map.
 
-    @staticmethod
-    def detach(fd: int) -> None:
+        Raises Overloaded when the fill already has its maximum of readers.
+        """
+        if self.max_readers is not None and self.readers >= self.max_readers:
+            metrics.OVERLOADED.labels("fill-clients").inc()
+            raise Overloaded(f"{self.readers} clients are already reading this download; fetch it from the registry")
+        fd = self.staging.dup()
+        self.readers += 1
+        return fd
+
+    def detach(self, fd: int) -> None:
+        self.readers -= 1
         os.close(fd)
+
+    def reject(self, error: RegcacheError) -> None:
+        """End a fill that may not start: its head fails at once, its staging file goes."""
+        self.error = error
+        self.head.set_exception(error)
+        self.head.exception()
+        self.staging.discard()
 
     async def readable(self, offset: int, end: int | None = None) -> int:
         """How far a reader at `offset`, reading up to `end`, may read now; waits for bytes.
@@ -296,9 +318,11 @@ class Fill:
 class FillMap:
     """The single-flight map: at most one fill per key at a time."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_fills: int | None = None, max_readers: int | None = None) -> None:
         self._fills: dict[str, Fill] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._max_fills = max_fills
+        self._max_readers = max_readers
 
     def get(self, key: str) -> Fill | None:
         return self._fills.get(key)
@@ -309,6 +333,11 @@ class FillMap:
         fetch: Callable[[Fill], Awaitable[UpstreamResponse]],
         commit: Callable[[StagingFile], Awaitable[bool]] | None,
     ) -> None:
+        fill.max_readers = self._max_readers
+        if self._max_fills is not None and len(self._fills) >= self._max_fills:
+            metrics.OVERLOADED.labels("fills").inc()
+            fill.reject(Overloaded(f"{len(self._fills)} downloads in flight; fetch it from the registry"))
+            return
         self._fills[fill.key] = fill
 
         async def run() -> None:

@@ -94,7 +94,7 @@ async def serve(settings: Settings, ready: asyncio.Future[int] | None = None) ->
         log.info("removed %d interrupted downloads from %s", leftovers, root / "staging")
     store = TieredStore([disk])
     upstream = UpstreamClient(settings, idle_timeout=settings.upstream_idle_timeout)
-    fills = FillMap()
+    fills = FillMap(settings.max_fills, settings.max_fill_clients)
     tracker = RequestTracker()
     services: dict[str, object] = {
         "blobs": BlobService(store, upstream, fills, root),
@@ -102,9 +102,12 @@ async def serve(settings: Settings, ready: asyncio.Future[int] | None = None) ->
         "disk": disk,
         "tracker": tracker,
         "guard": upstream.guard,
+        "client_idle_timeout": settings.client_idle_timeout,
     }
     app = make_app(services)
-    server = HTTPServer(app, xheaders=False, max_header_size=MAX_HEADER_SIZE, idle_connection_timeout=300)
+    server = HTTPServer(
+        app, xheaders=False, max_header_size=MAX_HEADER_SIZE, idle_connection_timeout=settings.client_idle_timeout
+    )
     try:
         bound = bind_sockets(settings.port, address=settings.host)
     except OSError as exc:

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import logging
 import os
+from datetime import timedelta
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from tornado import gen
 from tornado.iostream import StreamClosedError
 from tornado.web import HTTPError, RequestHandler
 
@@ -124,12 +126,35 @@ class BaseHandler(RequestHandler):
 
     # --- writing bodies -------------------------------------------------------------------------
     async def send_chunk(self, chunk: bytes) -> bool:
-        """Write and flush one chunk; False when the client has gone."""
+        """Write and flush one chunk; False when the client has gone.
+
+        A client that takes no byte for --client-idle-timeout is disconnected: a reader that
+        stalls for ever must not hold a connection, a descriptor and a download's reader slot.
+        A slow one that keeps taking bytes is not.
+        """
         self.write(chunk)
-        try:
-            await self.flush()
-        except StreamClosedError:
-            return False
+        flushed = self.flush()
+        timeout = self.services.get("client_idle_timeout")
+        stream = self.request.connection.stream
+        sent = getattr(stream, "_total_write_done_index", None)
+        while True:
+            try:
+                if timeout:
+                    await gen.with_timeout(timedelta(seconds=timeout), flushed, quiet_exceptions=StreamClosedError)
+                else:
+                    await flushed
+                break
+            except StreamClosedError:
+                return False
+            except gen.TimeoutError:
+                now_sent = getattr(stream, "_total_write_done_index", None)
+                if now_sent is None or now_sent == sent:
+                    log.info(
+                        "%s %s: client took no byte for %.0fs; closing", self.request.method, self.request.path, timeout
+                    )
+                    self.abort_connection()
+                    return False
+                sent = now_sent
         self.body_bytes += len(chunk)
         return True
 
