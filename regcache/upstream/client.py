@@ -233,7 +233,7 @@ class _Attempt:
 class UpstreamClient:
     """Owns the curl client; create it inside the running event loop, close it at shutdown."""
 
-    def __init__(self, settings: Settings, idle_timeout: float = 60.0, connect_timeout: float = 10.0) -> None:
+    def __init__(self, settings: Settings, idle_timeout: float = 60.0, connect_timeout: float = 5.0) -> None:
         self._settings = settings
         self._idle_timeout = idle_timeout
         self._connect_timeout = connect_timeout

@@ -254,3 +254,22 @@ def test_a_tag_fetched_for_a_client_that_takes_no_index_is_not_served_to_others(
     assert containerd_like.body == index.encode()
     assert faulty_cache.manifest(fake.ns, REPO, "multi").body == index.encode()
     assert fake.count(f"/v2/{REPO}/manifests/multi") == 2
+
+
+def test_headers_reach_the_client_before_a_slow_body(faulty_cache, fake):
+    """containerd gives a mirror 30 s for its headers; a slow layer must not eat into them."""
+    data = os.urandom(1024 * 1024)
+    digest = digest_of(data)
+    release = threading.Event()
+    fake.routes[f"/v2/{REPO}/blobs/{digest}"] = stall_after(data, 1000, release)
+    conn = http.client.HTTPConnection("127.0.0.1", faulty_cache.port, timeout=30)
+    started = time.monotonic()
+    try:
+        conn.request("GET", f"/v2/{REPO}/blobs/{digest}?ns={urllib.parse.quote(fake.ns)}")
+        resp = conn.getresponse()
+        waited = time.monotonic() - started
+        assert resp.status == 200 and resp.getheader("Content-Length") == str(len(data))
+        assert waited < 1.0, f"headers took {waited:.1f}s while the body stalled"
+    finally:
+        release.set()
+        conn.close()

@@ -263,3 +263,18 @@ def test_creds_file_readable_by_everyone_is_warned_about_and_a_malformed_one_sto
     assert _run_to_exit(broken) == 2
     assert "line 4: entry 'quay.io' has no password" in broken.log()
     assert "Traceback" not in broken.log() and "secret-pw-1" not in broken.log()
+
+
+def test_a_tag_whose_manifest_was_removed_from_outside_is_fetched_again(make_regcache, fake):
+    manifest = b'{"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json", "layers": []}'
+    fake.routes[f"/v2/{REPO}/manifests/1.0"] = serve(manifest, "application/vnd.oci.image.manifest.v1+json")
+    cache = make_regcache(*fake.upstream_arg())
+    assert cache.manifest(fake.ns, REPO, "1.0").body == manifest
+    assert cache.manifest(fake.ns, REPO, "1.0").body == manifest
+    assert fake.count(f"/v2/{REPO}/manifests/1.0") == 1
+    for path in cache.stored_files("manifests"):  # `find -delete` by a clean-up sidecar
+        path.unlink()
+    assert cache.stored_files("tags"), "the tag pointer is still there"
+    again = cache.manifest(fake.ns, REPO, "1.0")
+    assert again.status == 200 and again.body == manifest
+    assert fake.count(f"/v2/{REPO}/manifests/1.0") == 2
