@@ -108,7 +108,7 @@ class BlobService:
             staging = StagingFile(self._staging_root)
         except OSError as exc:
             metrics.STORAGE_ERRORS.labels("staging", "create").inc()
-            log.warning("cannot stage a download in %s: %s", self._staging_root, exc)
+            log.debug("cannot stage a download in %s: %s", self._staging_root, exc)  # relay.py reports it
             raise StorageError(
                 f"cache storage unavailable ({exc.strerror}); fetch {ref.digest} from the registry"
             ) from exc

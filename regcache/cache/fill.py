@@ -256,7 +256,9 @@ class Fill:
     def _fail(self, error: RegcacheError) -> None:
         if self.error is None:
             self.error = error
-            log.warning("fill %s: %s; nothing stored", self.key, error)
+            # Storage failures are reported once a minute (cache/relay.py), not per download.
+            level = logging.DEBUG if isinstance(error, StorageError) else logging.WARNING
+            log.log(level, "fill %s: %s; nothing stored", self.key, error)
         if not self.head.done():
             self.head.set_exception(error)
             self.head.exception()  # retrieved here; readers re-raise it

@@ -146,6 +146,7 @@ def test_broken_cache_storage_passes_cold_blobs_through_and_keeps_serving_what_i
     assert ready.status == 503 and "not writable" in json.loads(ready.body)["errors"][0]["message"]
     # One log line a minute, however many pulls go around the cache.
     assert len(log_lines(cache.log(), r"WARNING .*cache storage unavailable")) == 1
+    assert not log_lines(cache.log(), r"WARNING .*(cannot stage|fill blobs/)"), "storage trouble logged per blob"
 
 
 @pytest.fixture
