@@ -64,6 +64,8 @@ class StorageHealth:
 
 
 STORAGE_HEALTH = StorageHealth()
+# The event loop holds tasks only weakly: running transfers are kept here until they end.
+_RUNNING: set[asyncio.Task[None]] = set()
 
 
 class Relay:
@@ -84,7 +86,6 @@ class Relay:
         self._closed = False
         self._waiter: asyncio.Future[None] | None = None
         self._resume: Callable[[], None] | None = None
-        self._task: asyncio.Task[None] | None = None
 
     @classmethod
     async def start(cls, fetch: Fetch, request: UpstreamRequest, expected: Digest, cause: StorageError) -> Relay:
@@ -93,7 +94,9 @@ class Relay:
         metrics.STORAGE_PASSTHROUGH.inc()
         STORAGE_HEALTH.failed(reason)
         relay = cls(request.registry, expected)
-        relay._task = asyncio.get_running_loop().create_task(relay._run(fetch, request))
+        task = asyncio.get_running_loop().create_task(relay._run(fetch, request))
+        _RUNNING.add(task)
+        task.add_done_callback(_RUNNING.discard)
         await asyncio.shield(relay.head)
         return relay
 
