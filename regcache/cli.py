@@ -21,8 +21,10 @@ from regcache.config import (
     LOG_LEVELS,
     CredentialStore,
     Settings,
+    creds_file_warning,
     load_creds_file,
     parse_bool,
+    parse_duration,
     parse_size,
     parse_skip_tags,
     parse_upstreams,
@@ -104,8 +106,70 @@ def build_parser() -> configargparse.ArgumentParser:
         metavar="SECONDS",
         help="abort an upstream download that sends no byte for this long",
     )
+    add_reliability_options(parser)
     parser.add_argument("-v", "--version", action="version", version=f"regcache {__version__}")
     return parser
+
+
+def add_reliability_options(parser: configargparse.ArgumentParser) -> None:
+    """Tag freshness and which registries may be reached (issue 5)."""
+    parser.add_argument(
+        "--tag-ttl",
+        default="5m",
+        metavar="DURATION",
+        help="serve a cached tag this long (30s, 5m, 1h), then revalidate it with a HEAD upstream",
+    )
+    parser.add_argument(
+        "--allow-registry",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="glob of ns values served (repeatable; default '*': every registry)",
+    )
+    parser.add_argument(
+        "--max-fills",
+        default=128,
+        type=int,
+        metavar="N",
+        help="upstream downloads into the cache at once; more cold blobs get 503 (the registry serves them)",
+    )
+    parser.add_argument(
+        "--max-fill-clients",
+        default=256,
+        type=int,
+        metavar="N",
+        help="clients reading one download at once; more get 503",
+    )
+    parser.add_argument(
+        "--client-idle-timeout",
+        default=60.0,
+        type=float,
+        metavar="SECONDS",
+        help="close a client connection that sends no request, or takes no byte, for this long",
+    )
+
+
+def reliability_settings(args: configargparse.Namespace) -> dict[str, object]:
+    """The Settings fields of add_reliability_options, validated."""
+    tag_ttl = parse_duration("--tag-ttl", args.tag_ttl)
+    patterns = []
+    for pattern in args.allow_registry or ["*"]:
+        pattern = pattern.strip().lower()
+        if not pattern or any(c.isspace() or c in "/#@" for c in pattern):
+            raise ConfigError(f"--allow-registry {pattern!r}: expected a glob of host[:port], e.g. *.example.com")
+        patterns.append(pattern)
+    for option, value in (("--max-fills", args.max_fills), ("--max-fill-clients", args.max_fill_clients)):
+        if value < 1:
+            raise ConfigError(f"{option} {value}: must be at least 1")
+    if args.client_idle_timeout <= 0:
+        raise ConfigError(f"--client-idle-timeout {args.client_idle_timeout}: must be positive")
+    return {
+        "tag_ttl": tag_ttl,
+        "allow_registries": tuple(patterns),
+        "max_fills": args.max_fills,
+        "max_fill_clients": args.max_fill_clients,
+        "client_idle_timeout": args.client_idle_timeout,
+    }
 
 
 def settings_from_args(args: configargparse.Namespace) -> Settings:
@@ -156,6 +220,7 @@ def settings_from_args(args: configargparse.Namespace) -> Settings:
         s3_redirect=bool(args.s3_redirect),
         local_cache_size=local_cache_size,
         upstream_idle_timeout=args.upstream_idle_timeout,
+        **reliability_settings(args),
     )
 
 
@@ -180,6 +245,9 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         parser.exit(2, f"regcache: error: --cache-dir {args.cache_dir}: {exc.strerror}\n")
     configure_logging(settings.log_level)
+    warning = creds_file_warning(Path(args.creds_file)) if args.creds_file else None
+    if warning:
+        log.warning("%s", warning)
     from regcache.web.app import serve
 
     try:

@@ -74,10 +74,28 @@ class Settings:
     # Bytes the local tier may hold (LRU eviction past it); None: unbounded.
     local_cache_size: int | None = None
     upstream_idle_timeout: float = 60.0
+    # --- reliability and security (issue 5) ---
+    tag_ttl: float = 300.0
+    allow_registries: tuple[str, ...] = ("*",)
+    max_fills: int = 128
+    max_fill_clients: int = 256
+    client_idle_timeout: float = 60.0
 
     def endpoint(self, registry: str) -> str:
         """The base URL of a registry's API: configured, built in, or https://<registry>."""
         return self.upstreams.get(registry) or f"https://{registry}"
+
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_duration(option: str, text: str) -> float:
+    """Seconds from `300`, `30s`, `5m`, `1h` or `250ms`."""
+    match = _DURATION_RE.match(str(text))
+    if not match:
+        raise ConfigError(f"{option} {text!r}: expected a duration such as 30s, 5m or 1h")
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
 
 
 def parse_bool(option: str, text: str) -> bool:
@@ -132,28 +150,48 @@ def parse_skip_tags(text: str) -> re.Pattern[str] | None:
 
 
 def load_creds_file(path: Path) -> CredentialStore:
+    """Parse the creds file; a ConfigError names the file and the line of what is wrong."""
     try:
         text = path.read_text()
     except OSError as exc:
         raise ConfigError(f"--creds-file {path}: cannot read: {exc.strerror}") from None
     try:
         data = yaml.safe_load(text)
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"--creds-file {path}: not valid YAML: {exc}") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "cannot parse"
+        raise ConfigError(f"--creds-file {path}: {where}not valid YAML: {problem}") from None
     if data is None:
         return CredentialStore()
     if not isinstance(data, dict):
-        raise ConfigError(f"--creds-file {path}: expected a mapping of registry: {{username, password}}")
+        raise ConfigError(f"--creds-file {path}: line 1: expected a mapping of registry: {{username, password}}")
+    lines = {}
+    if isinstance(root, yaml.MappingNode):
+        lines = {str(k.value): k.start_mark.line + 1 for k, _v in root.value}
     entries: dict[str, Credentials] = {}
     for key, value in data.items():
+        where = f"--creds-file {path}: line {lines.get(str(key), '?')}: entry {key!r}"
         name = str(key).strip().rstrip("/").lower()
         if not isinstance(value, dict):
-            raise ConfigError(f"--creds-file {path}: entry {key!r} must be a mapping with username and password")
+            raise ConfigError(f"{where} must be a mapping with username and password")
         missing = [k for k in ("username", "password") if not value.get(k)]
         if missing:
-            raise ConfigError(f"--creds-file {path}: entry {key!r} has no {' or '.join(missing)}")
+            raise ConfigError(f"{where} has no {' or '.join(missing)}")
         unknown = sorted(set(value) - {"username", "password"})
         if unknown:
-            raise ConfigError(f"--creds-file {path}: entry {key!r} has unknown keys {unknown}")
+            raise ConfigError(f"{where} has unknown keys {unknown}")
         entries[name] = Credentials(str(value["username"]), str(value["password"]))
     return CredentialStore(MappingProxyType(entries))
+
+
+def creds_file_warning(path: Path) -> str | None:
+    """A warning when anyone on the host can read the passwords in the creds file."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return None
+    if mode & 0o004:
+        return f"--creds-file {path} is readable by every user (mode {mode & 0o777:o}); restrict it: chmod 600 {path}"
+    return None

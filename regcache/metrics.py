@@ -99,3 +99,26 @@ UPLOADS_PENDING = Gauge(
     "regcache_s3_uploads_pending",
     "Objects committed locally and not yet in S3 (retried with backoff while S3 fails).",
 )
+STALE_SERVED = Counter(
+    "regcache_stale_served",
+    "Stored tags served past --tag-ttl because the registry could not revalidate them "
+    "(unreachable, timeout, 429, 5xx).",
+    ["registry"],
+)
+STORAGE_PASSTHROUGH = Counter(
+    "regcache_storage_passthrough",
+    "Blob downloads streamed to the client without being stored, because the cache's own "
+    "storage could not take them (full disk, unwritable cache dir).",
+)
+FILL_RESUMES = Counter(
+    "regcache_fill_resumes",
+    "Downloads the upstream broke off that were continued with a Range request.",
+    ["registry"],
+)
+OVERLOADED = Counter(
+    "regcache_overloaded",
+    "Requests answered 503 because a limit was reached: fills (--max-fills) or fill-clients (--max-fill-clients).",
+    ["limit"],
+)
+for _limit in ("fills", "fill-clients"):
+    OVERLOADED.labels(_limit)

@@ -178,3 +178,92 @@ def drop_before_headers() -> Behaviour:
         h.drop()
 
     return behaviour
+
+
+def serve_ranges(data: bytes, breaks: list[int]) -> Behaviour:
+    """A registry that honours `Range: bytes=N-` and whose connection breaks: the i-th request
+    is cut off (RST) once the body reaches offset `breaks[i]`; requests past the list complete."""
+    calls = iter(breaks)
+
+    def behaviour(h: FakeHandler) -> None:
+        cut = next(calls, None)
+        start = 0
+        header = h.headers.get("Range", "")
+        if header.startswith("bytes=") and header.endswith("-"):
+            start = int(header[len("bytes=") : -1])
+            h.send_response(206)
+            h.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        else:
+            h.send_response(200)
+        h.send_header("Content-Type", "application/octet-stream")
+        h.send_header("Content-Length", str(len(data) - start))
+        h.end_headers()
+        if cut is None:
+            h.wfile.write(data[start:])
+            return
+        h.wfile.write(data[start:cut])
+        h.wfile.flush()
+        time.sleep(0.2)  # let the bytes reach the client before the reset
+        h.drop()
+
+    return behaviour
+
+
+class CuttingForwarder:
+    """A TCP forwarder in front of a real server that breaks chosen connections: the i-th
+    connection's answer is cut off (RST) after `cuts[i]` bytes; later connections pass whole.
+    `requests` holds the request head of every connection, to see what was asked."""
+
+    def __init__(self, target_port: int, cuts: list[int]) -> None:
+        self._target = target_port
+        self._cuts = list(cuts)
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self.requests: list[bytes] = []
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        self._listener.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            with self._lock:
+                cut = self._cuts.pop(0) if self._cuts else None
+            threading.Thread(target=self._serve, args=(client, cut), daemon=True).start()
+
+    def _serve(self, client: socket.socket, cut: int | None) -> None:
+        server = socket.create_connection(("127.0.0.1", self._target))
+        threading.Thread(target=self._upward, args=(client, server), daemon=True).start()
+        sent = 0
+        try:
+            while chunk := server.recv(1 << 16):
+                if cut is not None and sent + len(chunk) >= cut:
+                    client.sendall(chunk[: cut - sent])
+                    time.sleep(0.2)
+                    # shutdown wakes the thread reading the other way; close alone would not.
+                    client.shutdown(socket.SHUT_RDWR)
+                    break
+                client.sendall(chunk)
+                sent += len(chunk)
+        except OSError:
+            pass
+        client.close()
+        server.close()
+
+    def _upward(self, client: socket.socket, server: socket.socket) -> None:
+        try:
+            while chunk := client.recv(1 << 16):
+                with self._lock:
+                    self.requests.append(chunk)
+                server.sendall(chunk)
+        except OSError:
+            pass

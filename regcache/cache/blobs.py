@@ -12,12 +12,14 @@ from pathlib import Path
 from tornado.httputil import HTTPHeaders
 
 from regcache import metrics
+from regcache.cache.access import AccessCheck
 from regcache.cache.context import ClientContext
 from regcache.cache.fill import Fill, FillHead, FillMap
+from regcache.cache.relay import Relay
 from regcache.errors import DigestMismatch, RegcacheError, SizeMismatch, StorageError, UpstreamError
 from regcache.oci import mediatypes
 from regcache.oci.reference import BlobRef
-from regcache.storage.base import ObjectReader, blob_key
+from regcache.storage.base import ObjectReader, blob_key, private_blob_key
 from regcache.storage.staging import StagingFile
 from regcache.storage.tiered import TieredStore
 from regcache.upstream.client import UpstreamClient, UpstreamRequest, UpstreamResponse
@@ -62,7 +64,7 @@ class RedirectedBlob:
     url: str
 
 
-BlobAnswer = StoredBlob | FillingBlob | PassedThrough | SharedBlob | RedirectedBlob
+BlobAnswer = StoredBlob | FillingBlob | PassedThrough | SharedBlob | RedirectedBlob | Relay
 
 # How long a presigned S3 URL handed to a client stays valid.
 REDIRECT_EXPIRY = 600
@@ -84,31 +86,43 @@ class BlobService:
         # Whether a blob of this registry that is only in S3 is answered with a presigned URL.
         self._redirect = redirect or (lambda registry: False)
         self._cleanup: set[asyncio.Task[None]] = set()
+        self._access = AccessCheck(upstream)
 
     async def open(self, ref: BlobRef, client: ClientContext) -> BlobAnswer:
         key = blob_key(ref.digest) if ref.digest.verifiable else None
+        if self._access.applies(ref.registry):
+            # Private: the registry says whether this client may read it, cached or not.
+            refused = await self._access.refusal(ref, client)
+            if refused is not None:
+                return PassedThrough(refused)
+            key = private_blob_key(ref.registry, ref.digest) if key is not None else None
         if key is not None:
             reader = await self._store.open(key)
             if reader is not None:
                 return StoredBlob(reader)
-        fill = self._fills.get(key) if key is not None else None
-        if client.method == "GET" and fill is not None and fill.error is None:
-            joined = await self._join(fill, ref, client)
-            if joined is not None:
-                return joined
-        shared = await self._store.stat_shared(key) if key is not None else None
-        if shared is not None:
-            assert key is not None
+        try:
+            fill = self._fills.get(key) if key is not None else None
+            if client.method == "GET" and fill is not None and fill.error is None:
+                joined = await self._join(fill, ref, client)
+                if joined is not None:
+                    return joined
+            shared = await self._store.stat_shared(key) if key is not None else None
+            if shared is not None:
+                assert key is not None
+                if client.method == "HEAD":
+                    return SharedBlob(shared.size)
+                if self._redirect(ref.registry) and self._store.shared is not None:
+                    try:
+                        return RedirectedBlob(await self._store.shared.presign(key, REDIRECT_EXPIRY))
+                    except Exception as exc:  # noqa: BLE001 - signing is local; stream it instead
+                        log.warning("cannot presign %s: %s", key, exc)
             if client.method == "HEAD":
-                return SharedBlob(shared.size)
-            if self._redirect(ref.registry) and self._store.shared is not None:
-                try:
-                    return RedirectedBlob(await self._store.shared.presign(key, REDIRECT_EXPIRY))
-                except Exception as exc:  # noqa: BLE001 - signing is local; stream it instead
-                    log.warning("cannot presign %s: %s", key, exc)
-        if client.method == "HEAD":
-            return PassedThrough(await self._upstream.fetch(self._request(ref, client, "HEAD")))
-        return await self._start(ref, client, key, from_shared=shared is not None)
+                return PassedThrough(await self._upstream.fetch(self._request(ref, client, "HEAD")))
+            return await self._start(ref, client, key, from_shared=shared is not None)
+        except StorageError as exc:
+            # The cache cannot take it (full disk, unwritable dir): the pull goes on uncached.
+            relay = await Relay.start(self._upstream.fetch, self._request(ref, client, "GET"), ref.digest, exc)
+            return relay if relay.ok else PassedThrough(relay.response)
 
     async def _join(self, fill: Fill, ref: BlobRef, client: ClientContext) -> BlobAnswer | None:
         """Read along with a download in flight; None when its answer was meant for someone else.
@@ -138,7 +152,7 @@ class BlobService:
             staging = StagingFile(self._staging_root)
         except OSError as exc:
             metrics.TIER_ERRORS.labels("staging", "create").inc()
-            log.warning("cannot stage a download in %s: %s", self._staging_root, exc)
+            log.debug("cannot stage a download in %s: %s", self._staging_root, exc)  # relay.py reports it
             raise StorageError(
                 f"cache storage unavailable ({exc.strerror}); fetch {ref.digest} from the registry"
             ) from exc
@@ -164,7 +178,7 @@ class BlobService:
 
         fd = fill.attach()
         task = self._fills.start(fill, fetch, commit if key is not None else None)
-        if from_shared:
+        if from_shared and task is not None:
             task.add_done_callback(lambda _: self._after_shared_copy(fill, source[0], key))
         try:
             head = await fill.head

@@ -31,9 +31,16 @@ log = logging.getLogger(__name__)
 HOLDBACK = 1
 # Chunks written in one system call at most (IOV_MAX is 1024).
 MAX_BATCH = 512
+# Range requests that continue a download the upstream broke off, before it is given up.
+MAX_RESUMES = 2
 # Writes and hashing of staging files run here; each fill has at most one batch in flight, so
 # its bytes land in order.
 _WRITER = ThreadPoolExecutor(max_workers=4, thread_name_prefix="regcache-staging")
+
+
+class Overloaded(RegcacheError):
+    """More downloads, or more readers of one, than the limits allow: the client should get the
+    object from the registry itself (503), not wait for the cache."""
 
 
 @dataclass(frozen=True)
@@ -70,9 +77,19 @@ class Fill:
         self._writing = False
         self._idle = asyncio.Event()
         self._idle.set()
+        # Resuming: bytes received so far, the Range header the upstream client sends (it reads
+        # `extra_headers` from its sink) and bytes of a 200 answer that we already have.
+        self.received = 0
+        self.extra_headers: dict[str, str] = {}
+        self._skip = 0
+        self.readers = 0
+        self.max_readers: int | None = None
 
     # --- Sink ---------------------------------------------------------------------------------
     def on_headers(self, status: int, headers: HTTPHeaders) -> bool:
+        if self.head.done():
+            self._resumed(status, headers)
+            return True
         length = headers.get("Content-Length")
         self.size = int(length) if length and length.isdigit() else None
         if self.size:
@@ -92,6 +109,19 @@ class Fill:
         if len(self._pending) > backlog and self.error is None:
             await self._idle.wait()
 
+    def _resumed(self, status: int, headers: HTTPHeaders) -> None:
+        """The answer to a Range request that continues this download: it must continue it."""
+        offset = self.received
+        if status == 200 and headers.get("Content-Length") == str(self.size):
+            self._skip = offset  # the upstream ignored the Range: drop what we already have
+            return
+        expected = f"bytes {offset}-{(self.size or 0) - 1}/{self.size}"
+        if status != 206 or headers.get("Content-Range", "").replace(" ", "") != expected.replace(" ", ""):
+            raise UpstreamError(
+                self.registry,
+                f"cannot resume at byte {offset}: answered {status} {headers.get('Content-Range', '')}".rstrip(),
+            )
+
     @property
     def abandoned(self) -> bool:
         return self.error is not None
@@ -102,6 +132,13 @@ class Fill:
         make the next, larger batch."""
         if self.error is not None:
             return
+        if self._skip:
+            dropped = min(self._skip, len(chunk))
+            self._skip -= dropped
+            chunk = chunk[dropped:]
+            if not chunk:
+                return
+        self.received += len(chunk)
         self._pending.append(chunk)
         self._write_next()
 
@@ -137,10 +174,35 @@ class Fill:
         started = time.monotonic()
         metrics.FILLS_IN_FLIGHT.inc()
         try:
-            try:
-                response = await fetch(self)
-            except RegcacheError as exc:
-                self._fail(exc)
+            resumes = 0
+            while True:
+                try:
+                    response = await fetch(self)
+                    break
+                except UpstreamError as exc:
+                    if not self._resumable(resumes):
+                        self._fail(exc)
+                        return
+                    resumes += 1
+                    log.warning(
+                        "fill %s: %s after %d of %d bytes; resuming with a Range request (%d of %d)",
+                        self.key,
+                        exc,
+                        self.received,
+                        self.size,
+                        resumes,
+                        MAX_RESUMES,
+                    )
+                    metrics.FILL_RESUMES.labels(metrics.registry_label(self.registry)).inc()
+                    self.extra_headers = {"Range": f"bytes={self.received}-"}
+                    self._skip = 0
+                except RegcacheError as exc:
+                    self._fail(exc)
+                    return
+            if resumes and not 200 <= response.status < 300:
+                self._fail(
+                    UpstreamError(self.registry, f"cannot resume at byte {self.received}: answered {response.status}")
+                )
                 return
             if not self.head.done():
                 # Not a 2xx: the client gets the upstream's answer as it is; nothing is stored.
@@ -179,6 +241,13 @@ class Fill:
             else:
                 self.staging.discard()
 
+    def _resumable(self, resumes: int) -> bool:
+        """Whether a broken download can go on where it stopped: its 2xx answer with a length
+        reached the readers, and neither it nor its storage has failed otherwise."""
+        if resumes >= MAX_RESUMES or self.error is not None or not self.head.done() or self.head.exception():
+            return False
+        return self.head.result().ok and self.size is not None and 0 < self.received < self.size
+
     def _verify(self) -> None:
         if self.size is not None and self.written != self.size:
             metrics.VERIFICATION_FAILURES.labels(metrics.registry_label(self.registry), "size").inc()
@@ -193,7 +262,9 @@ class Fill:
     def _fail(self, error: RegcacheError) -> None:
         if self.error is None:
             self.error = error
-            log.warning("fill %s: %s; nothing stored", self.key, error)
+            # Storage failures are reported once a minute (cache/relay.py), not per download.
+            level = logging.DEBUG if isinstance(error, StorageError) else logging.WARNING
+            log.log(level, "fill %s: %s; nothing stored", self.key, error)
         if not self.head.done():
             self.head.set_exception(error)
             self.head.exception()  # retrieved here; readers re-raise it
@@ -207,12 +278,27 @@ class Fill:
 
     # --- readers ------------------------------------------------------------------------------
     def attach(self) -> int:
-        """A reader's own descriptor on the staging file; call while the fill is in the map."""
-        return self.staging.dup()
+        """A reader's own descriptor on the staging file; call while the fill is in the map.
 
-    @staticmethod
-    def detach(fd: int) -> None:
+        Raises Overloaded when the fill already has its maximum of readers.
+        """
+        if self.max_readers is not None and self.readers >= self.max_readers:
+            metrics.OVERLOADED.labels("fill-clients").inc()
+            raise Overloaded(f"{self.readers} clients are already reading this download; fetch it from the registry")
+        fd = self.staging.dup()
+        self.readers += 1
+        return fd
+
+    def detach(self, fd: int) -> None:
+        self.readers -= 1
         os.close(fd)
+
+    def reject(self, error: RegcacheError) -> None:
+        """End a fill that may not start: its head fails at once, its staging file goes."""
+        self.error = error
+        self.head.set_exception(error)
+        self.head.exception()
+        self.staging.discard()
 
     async def readable(self, offset: int, end: int | None = None) -> int:
         """How far a reader at `offset`, reading up to `end`, may read now; waits for bytes.
@@ -240,9 +326,11 @@ class Fill:
 class FillMap:
     """The single-flight map: at most one fill per key at a time."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_fills: int | None = None, max_readers: int | None = None) -> None:
         self._fills: dict[str, Fill] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._max_fills = max_fills
+        self._max_readers = max_readers
 
     def get(self, key: str) -> Fill | None:
         return self._fills.get(key)
@@ -252,7 +340,13 @@ class FillMap:
         fill: Fill,
         fetch: Callable[[Fill], Awaitable[UpstreamResponse]],
         commit: Callable[[StagingFile], Awaitable[bool]] | None,
-    ) -> asyncio.Task[None]:
+    ) -> asyncio.Task[None] | None:
+        """Run the fill as its own task (returned), or refuse it when too many are in flight."""
+        fill.max_readers = self._max_readers
+        if self._max_fills is not None and len(self._fills) >= self._max_fills:
+            metrics.OVERLOADED.labels("fills").inc()
+            fill.reject(Overloaded(f"{len(self._fills)} downloads in flight; fetch it from the registry"))
+            return None
         self._fills[fill.key] = fill
 
         async def run() -> None:

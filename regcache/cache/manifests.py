@@ -2,7 +2,9 @@
 
 Manifests are small (4 MiB at most, the distribution spec's limit), so they are fetched whole,
 verified, stored by digest and only then pointed to by their tag. Concurrent requests for the
-same manifest with the same Accept and credentials share one upstream fetch.
+same manifest with the same Accept and credentials share one upstream fetch. A stored tag is
+served for --tag-ttl, then revalidated with a HEAD; while the registry cannot answer, it is
+served stale.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from dataclasses import dataclass
 from regcache import metrics
 from regcache.cache.context import ClientContext
 from regcache.cache.policy import Policy
-from regcache.errors import BadRequest, DigestMismatch, ManifestTooLarge
+from regcache.errors import BadRequest, DigestMismatch, ManifestTooLarge, UpstreamError
 from regcache.oci import mediatypes
 from regcache.oci.digest import Digest
 from regcache.oci.reference import ManifestRef
@@ -34,6 +36,12 @@ class Manifest:
     digest: Digest
     media_type: str
     body: bytes
+
+
+@dataclass(frozen=True)
+class _Stored:
+    manifest: Manifest
+    fetched_at: float | None  # when its tag was last confirmed upstream; None by digest
 
 
 @dataclass(frozen=True)
@@ -55,20 +63,27 @@ class ManifestService:
     async def get(self, ref: ManifestRef, client: ClientContext) -> ManifestAnswer:
         accepted = mediatypes.accepted_types(list(client.accept))
         skip = self._policy.manifest_skip_reason(ref)
+        stale: Manifest | None = None
         if skip is None:
-            manifest = await self._lookup(ref)
-            if manifest is not None and mediatypes.allows(accepted, manifest.media_type):
-                return ManifestAnswer("hit", manifest)
+            stored = await self._lookup(ref)
+            if stored is not None and mediatypes.allows(accepted, stored.manifest.media_type):
+                if ref.tag is None or self._policy.tag_is_fresh(stored.fetched_at, time.time()):
+                    return ManifestAnswer("hit", stored.manifest)
+                # A tag past --tag-ttl: asked about with a HEAD, served if the registry fails.
+                stale = stored.manifest
         # Skipped tags and HEADs of what we will not store go upstream as they came.
         method = "GET" if skip is None or client.method == "GET" else "HEAD"
-        key = (ref, method, client.accept, client.credential_key())
+        key = (ref, method, client.accept, client.credential_key(), stale is not None)
         inflight = self._inflight.get(key)
         if inflight is not None:
             return await asyncio.shield(inflight)
         future: asyncio.Future[ManifestAnswer] = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
         try:
-            answer = await self._fetch(ref, client, method, store=skip is None)
+            if stale is None:
+                answer = await self._fetch(ref, client, method, store=skip is None)
+            else:
+                answer = await self._revalidate(ref, client, stale)
             future.set_result(answer)
             return answer
         except BaseException as exc:
@@ -78,9 +93,45 @@ class ManifestService:
         finally:
             del self._inflight[key]
 
-    async def _lookup(self, ref: ManifestRef) -> Manifest | None:
+    async def _revalidate(self, ref: ManifestRef, client: ClientContext, stale: Manifest) -> ManifestAnswer:
+        """A stored tag past its TTL: a HEAD tells whether it still points where it did.
+
+        Registries that count pulls (Docker Hub) do not count HEADs. When the registry cannot
+        answer (unreachable, 429, 5xx) the stored manifest is served: a stale tag beats a failed
+        pull. Its refusals (401, 403, 404) are the client's to see.
+        """
+        try:
+            head = await self._upstream.fetch(self._request(ref, client, "HEAD"))
+        except UpstreamError as exc:
+            return self._serve_stale(ref, stale, exc.message)
+        if upstream_unavailable(head.status):
+            return self._serve_stale(ref, stale, f"answered {head.status}")
+        if not 200 <= head.status < 300:
+            return ManifestAnswer("skip", passed_through=head)
+        if _announced_digest(head) == stale.digest:
+            pointer = self._pointer(stale)
+            await self._store.put_small(tag_key(ref.registry, ref.repo, ref.tag or ""), pointer)
+            return ManifestAnswer("hit", stale)
+        try:
+            answer = await self._fetch(ref, client, "GET", store=True)
+        except UpstreamError as exc:
+            return self._serve_stale(ref, stale, exc.message)
+        if answer.passed_through is not None and upstream_unavailable(answer.passed_through.status):
+            return self._serve_stale(ref, stale, f"answered {answer.passed_through.status}")
+        return answer
+
+    @staticmethod
+    def _serve_stale(ref: ManifestRef, stale: Manifest, reason: str) -> ManifestAnswer:
+        metrics.STALE_SERVED.labels(metrics.registry_label(ref.registry)).inc()
+        log.warning(
+            "tag %s/%s:%s: registry %s; serving the stored %s", ref.registry, ref.repo, ref.tag, reason, stale.digest
+        )
+        return ManifestAnswer("hit", stale)
+
+    async def _lookup(self, ref: ManifestRef) -> _Stored | None:
         """The stored manifest for a ref; anything missing or unreadable is a miss."""
         digest = ref.digest
+        fetched_at: float | None = None
         if digest is None:
             pointer = _parse_json(await self._store.read_small(tag_key(ref.registry, ref.repo, ref.tag or "")))
             if pointer is None:
@@ -89,36 +140,45 @@ class ManifestService:
                 digest = Digest.parse(str(pointer.get("digest")))
             except BadRequest:
                 return None
+            raw_time = pointer.get("fetched_at")
+            fetched_at = float(raw_time) if isinstance(raw_time, (int, float)) else None
         meta = _parse_json(await self._store.read_small(manifest_meta_key(digest)))
         body = await self._store.read_small(manifest_key(digest))
         if meta is None or body is None or Digest.of(body) != digest:
             return None
-        return Manifest(digest, str(meta.get("media_type") or mediatypes.OCTET_STREAM), body)
+        return _Stored(Manifest(digest, str(meta.get("media_type") or mediatypes.OCTET_STREAM), body), fetched_at)
 
-    async def _fetch(self, ref: ManifestRef, client: ClientContext, method: str, store: bool) -> ManifestAnswer:
-        headers = {"Accept": ", ".join(client.accept)} if client.accept else {}
-        request = UpstreamRequest(
+    @staticmethod
+    def _request(ref: ManifestRef, client: ClientContext, method: str) -> UpstreamRequest:
+        return UpstreamRequest(
             registry=ref.registry,
             repo=ref.repo,
             method=method,
             path=f"/v2/{ref.repo}/manifests/{ref.reference}",
-            headers=headers,
+            headers={"Accept": ", ".join(client.accept)} if client.accept else {},
             client_authorization=client.authorization,
             buffered_limit=MAX_MANIFEST_SIZE,
         )
-        response = await self._upstream.fetch(request)
+
+    @staticmethod
+    def _pointer(manifest: Manifest) -> bytes:
+        return json.dumps(
+            {
+                "media_type": manifest.media_type,
+                "size": len(manifest.body),
+                "digest": str(manifest.digest),
+                "fetched_at": time.time(),
+            }
+        ).encode()
+
+    async def _fetch(self, ref: ManifestRef, client: ClientContext, method: str, store: bool) -> ManifestAnswer:
+        response = await self._upstream.fetch(self._request(ref, client, method))
         if not 200 <= response.status < 300 or method == "HEAD":
             return ManifestAnswer("skip", passed_through=response)
         if response.truncated:
             raise ManifestTooLarge(ref.registry, MAX_MANIFEST_SIZE + 1, MAX_MANIFEST_SIZE)
         digest = Digest.of(response.body)
-        expected = ref.digest
-        announced = response.headers.get("Docker-Content-Digest")
-        if expected is None and announced:
-            try:
-                expected = Digest.parse(announced)
-            except BadRequest:
-                expected = None
+        expected = ref.digest or _announced_digest(response)
         if expected is not None and expected.verifiable and expected != digest:
             metrics.VERIFICATION_FAILURES.labels(metrics.registry_label(ref.registry), "digest").inc()
             log.warning("manifest %s/%s:%s: %s", ref.registry, ref.repo, ref.reference, "digest mismatch; not stored")
@@ -142,10 +202,24 @@ class ManifestService:
         if not await self._store.put_small(manifest_meta_key(manifest.digest), json.dumps(meta).encode()):
             return False
         if ref.tag is not None and write_tag:
-            pointer = dict(meta, digest=str(manifest.digest), fetched_at=time.time())
-            if not await self._store.put_small(tag_key(ref.registry, ref.repo, ref.tag), json.dumps(pointer).encode()):
+            if not await self._store.put_small(tag_key(ref.registry, ref.repo, ref.tag), self._pointer(manifest)):
                 return False
         return True
+
+
+def upstream_unavailable(status: int) -> bool:
+    """Answers that mean "not now" (rate limit, outage), as opposed to a refusal."""
+    return status == 429 or status >= 500
+
+
+def _announced_digest(response: UpstreamResponse) -> Digest | None:
+    announced = response.headers.get("Docker-Content-Digest")
+    if not announced:
+        return None
+    try:
+        return Digest.parse(announced)
+    except BadRequest:
+        return None
 
 
 def _parse_json(data: bytes | None) -> dict | None:

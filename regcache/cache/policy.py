@@ -14,10 +14,21 @@ class Policy:
     cache_manifests: bool = True
     skip_tags: re.Pattern[str] | None = None
     private_registries: frozenset[str] = frozenset()
+    tag_ttl: float = 300.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Policy:
-        return cls(settings.cache_manifests, settings.skip_tags, settings.private_registries)
+        return cls(settings.cache_manifests, settings.skip_tags, settings.private_registries, settings.tag_ttl)
+
+    def tag_is_fresh(self, fetched_at: float | None, now: float) -> bool:
+        """Whether a stored tag may be served without asking the registry (--tag-ttl).
+
+        A pointer without a time (written before tags had one) or from the future (a clock
+        that jumped) is due for revalidation.
+        """
+        if fetched_at is None or fetched_at > now + 60:
+            return False
+        return now - fetched_at < self.tag_ttl
 
     def manifest_skip_reason(self, ref: ManifestRef) -> str | None:
         """Why a manifest must be fetched and not stored, or None when it may be cached."""

@@ -5,6 +5,7 @@ blobs/sha256/ab/abcdef…                 blob bytes
 manifests/sha256/ab/abcdef…             manifest bytes
 manifests/sha256/ab/abcdef….json        {"media_type": …, "size": …}
 tags/<registry>/<repository>/<tag>.json {"digest": …, "media_type": …, "size": …, "fetched_at": …}
+private/<registry>/blobs/sha256/ab/abcdef…  blob bytes from a --private-registry
 staging/…                               in-flight downloads (disk only; emptied at start-up)
 uploads/<sha256 of key>                 S3 mode: a committed object not yet uploaded (disk only;
                                         resumed at start-up)
@@ -24,6 +25,12 @@ from regcache.oci.digest import Digest
 
 def blob_key(digest: Digest) -> str:
     return f"blobs/{digest.algorithm}/{digest.encoded[:2]}/{digest.encoded}"
+
+
+def private_blob_key(registry: str, digest: Digest) -> str:
+    """A private registry's blob, kept apart so that a public pull of the same digest neither
+    gets it nor learns that the cache holds it."""
+    return f"private/{registry}/{blob_key(digest)}"
 
 
 def manifest_key(digest: Digest) -> str:

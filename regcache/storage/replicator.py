@@ -29,6 +29,10 @@ UPLOADS_DIR = "uploads"
 BLOB_WORKERS = 2
 
 
+def is_blob(key: str) -> bool:
+    return key.startswith(("blobs/", "private/"))
+
+
 @dataclass(frozen=True)
 class Upload:
     key: str
@@ -98,7 +102,7 @@ class Replicator:
             self._index.pin(upload.key)
         self.idle.clear()
         metrics.UPLOADS_PENDING.set(len(self._queued))
-        (self._blobs if upload.key.startswith("blobs/") else self._small).put_nowait(upload)
+        (self._blobs if is_blob(upload.key) else self._small).put_nowait(upload)
 
     def _marker(self, key: str) -> Path:
         return self._markers / hashlib.sha256(key.encode()).hexdigest()
@@ -139,7 +143,7 @@ class Replicator:
             size = os.stat(path).st_size
         except FileNotFoundError:
             return "vanished"
-        if upload.key.startswith("blobs/"):
+        if is_blob(upload.key):
             # Another replica may have put it there already: S3 keys name their content.
             there = await self._shared.stat(upload.key)
             if there is not None and there.size == size:

@@ -26,8 +26,9 @@ OCTET_STREAM = "application/octet-stream"
 
 
 def key_digest(key: str) -> Digest | None:
-    """The digest a content key names (`blobs/sha256/ab/ab…`, `manifests/…`), else None."""
-    parts = key.split("/")
+    """The digest a content key names (`blobs/sha256/ab/ab…`, `private/<registry>/blobs/…`,
+    `manifests/…`), else None."""
+    parts = key.split("/")[-4:]
     if len(parts) == 4 and parts[0] in ("blobs", "manifests") and not parts[3].endswith(".json"):
         digest = Digest(parts[1], parts[3])
         return digest if digest.verifiable else None

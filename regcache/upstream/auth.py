@@ -16,7 +16,7 @@ import time
 import urllib.parse
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from regcache.config import Credentials, CredentialStore
 
@@ -66,7 +66,8 @@ class TokenRequest:
     """What the token realm is asked: sent with Basic credentials, never to anyone else."""
 
     url: str
-    authorization: str
+    authorization: str = field(repr=False)
+    registry: str = ""
 
 
 @dataclass(frozen=True)
@@ -166,7 +167,7 @@ class Authenticator:
         query.append(("scope", challenge.params.get("scope") or f"repository:{repo}:pull"))
         separator = "&" if parts.query else "?"
         url = realm + separator + urllib.parse.urlencode(query)
-        answer = await self._fetch_token(TokenRequest(url, basic_header(creds)))
+        answer = await self._fetch_token(TokenRequest(url, basic_header(creds), registry))
         if answer.status != 200:
             log.warning(
                 "upstream %s: token realm %s refused the credentials (%d)", registry, parts.netloc, answer.status

@@ -21,7 +21,7 @@ import tempfile
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -35,6 +35,7 @@ from regcache import __version__, metrics
 from regcache.config import Settings
 from regcache.errors import RegcacheError, UpstreamError
 from regcache.upstream.auth import Authenticator, TokenAnswer, TokenRequest
+from regcache.upstream.guard import AddressGuard
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +107,9 @@ class Sink(Protocol):
     def abandoned(self) -> bool:
         """True once the sink wants no more bytes (its own failure, e.g. a full disk)."""
 
+    # Optional, for sinks that relay to a slower reader (cache/relay.py): `full` pauses the
+    # transfer, and `on_pause(resume)` hands over the function that continues it.
+
 
 class _Attempt:
     """Collects one HTTP exchange: header lines as they come, then the body, streamed or held."""
@@ -126,12 +130,34 @@ class _Attempt:
         self.received = 0
         self.headers_at: float | None = None
         self.error: RegcacheError | None = None
+        self.finished = False
+        self._paused_curl: pycurl.Curl | None = None
+        self.kick: Callable[[], None] = lambda: None
 
     def should_stop(self) -> bool:
         """Whether the transfer should be cut off now (checked by curl's write callback)."""
         if self.error is not None or self.truncated:
             return True
         return self.streaming and self._sink is not None and self._sink.abandoned
+
+    def should_pause(self) -> bool:
+        """Whether the sink's reader has fallen behind (checked by curl's write callback)."""
+        return self.streaming and bool(getattr(self._sink, "full", False))
+
+    def paused(self, curl: pycurl.Curl) -> None:
+        self._paused_curl = curl
+        self._sink.on_pause(self.resume)
+
+    def resume(self) -> None:
+        """Continue a paused transfer (called by the sink once its reader has caught up)."""
+        curl, self._paused_curl = self._paused_curl, None
+        if curl is None or self.finished:
+            return
+        try:
+            curl.pause(pycurl.PAUSE_CONT)  # may call the write callback again, at once
+        except pycurl.error:
+            return  # the transfer failed while paused; the fetch reports it
+        self.kick()
 
     def header_line(self, line: str) -> None:
         if self.headers_done:
@@ -207,13 +233,14 @@ class _Attempt:
 class UpstreamClient:
     """Owns the curl client; create it inside the running event loop, close it at shutdown."""
 
-    def __init__(self, settings: Settings, idle_timeout: float = 60.0, connect_timeout: float = 10.0) -> None:
+    def __init__(self, settings: Settings, idle_timeout: float = 60.0, connect_timeout: float = 5.0) -> None:
         self._settings = settings
         self._idle_timeout = idle_timeout
         self._connect_timeout = connect_timeout
         self._http = CurlAsyncHTTPClient(force_instance=True, max_clients=256, max_body_size=1 << 50)
         self._ca_bundle = _combined_ca_bundle(settings.upstream_ca) if settings.upstream_ca else None
         self._auth = Authenticator(settings.creds, self._fetch_token)
+        self.guard = AddressGuard(settings)
         # Its DEBUG output includes request headers, Authorization among them.
         logging.getLogger("tornado.curl_httpclient").setLevel(logging.INFO)
 
@@ -225,12 +252,18 @@ class UpstreamClient:
     def endpoint(self, registry: str) -> str:
         return self._settings.endpoint(registry)
 
+    @property
+    def private_registries(self) -> frozenset[str]:
+        """Registries whose cached content is served only after the registry says yes."""
+        return self._settings.private_registries
+
     async def fetch(self, request: UpstreamRequest, sink: Sink | None = None) -> UpstreamResponse:
         """Send a request, following redirects and answering auth challenges with our credentials.
 
         A 2xx body goes to `sink` when it asks for it; anything else is held (up to a limit) in
         the returned response so that it can be passed to the client unchanged.
         """
+        self.guard.check_registry(request.registry)
         base = self.endpoint(request.registry)
         url = base + request.path
         origin = _origin(url)
@@ -264,7 +297,10 @@ class UpstreamClient:
                 return not (status == 401 and can_authenticate)
 
             attempt = _Attempt(sink, decide_final, request.buffered_limit)
-            await self._send(request.registry, method, url, request.headers, send_auth, attempt)
+            pins = await self.guard.pin(request.registry, url, proxied=_proxy_for(url) is not None)
+            # A sink may add headers: a fill resuming a broken download asks for a Range.
+            headers = {**request.headers, **getattr(sink, "extra_headers", {})}
+            await self._send(request.registry, method, url, headers, send_auth, attempt, pins)
             if not attempt.final:
                 if attempt.status in REDIRECT_STATUSES:
                     redirects += 1
@@ -292,6 +328,7 @@ class UpstreamClient:
         headers: Mapping[str, str],
         authorization: str | None,
         attempt: _Attempt,
+        pins: list[str],
     ) -> None:
         send_headers = HTTPHeaders({"User-Agent": USER_AGENT})
         for name, value in headers.items():
@@ -310,7 +347,7 @@ class UpstreamClient:
             header_callback=attempt.header_line,
             streaming_callback=attempt.chunk,
             ca_certs=self._ca_bundle,
-            prepare_curl_callback=lambda curl: self._prepare_curl(curl, proxy, attempt),
+            prepare_curl_callback=lambda curl: self._prepare_curl(curl, proxy, pins, attempt),
         )
         label = metrics.registry_label(registry)
         started = time.monotonic()
@@ -320,6 +357,8 @@ class UpstreamClient:
             attempt.complete(await self._http.fetch(http_request, raise_error=False))
         except Exception as exc:  # noqa: BLE001 - every transport failure becomes an UpstreamError
             failure = exc
+        finally:
+            attempt.finished = True
         metrics.UPSTREAM_BYTES.labels(label).inc(attempt.received)
         # A transfer we cut off ourselves (a sink's error, a body past its limit) is not a failure
         # of the upstream's.
@@ -338,15 +377,31 @@ class UpstreamClient:
         if attempt.error is not None:
             raise attempt.error
 
-    def _prepare_curl(self, curl: pycurl.Curl, proxy: str | None, attempt: _Attempt | None = None) -> None:
+    def _prepare_curl(
+        self, curl: pycurl.Curl, proxy: str | None, pins: list[str], attempt: _Attempt | None = None
+    ) -> None:
         curl.setopt(pycurl.PROXY, proxy or "")
+        # Connect only to the addresses the guard checked (handles are reused: always set).
+        curl.setopt(pycurl.RESOLVE, pins)
         info = getattr(curl, "info", None)
         buffer = info.get("streaming_buffer") if isinstance(info, dict) else None
         if attempt is not None and buffer is not None:
             # Tornado's streaming write function, wrapped so that we can cut a transfer off:
             # writing nothing makes libcurl fail it (CURLE_WRITE_ERROR) and close the connection.
             write = buffer.write
-            curl.setopt(pycurl.WRITEFUNCTION, lambda chunk: 0 if attempt.should_stop() else write(chunk))
+
+            def write_chunk(chunk: bytes) -> int:
+                if attempt.should_stop():
+                    return 0
+                if attempt.should_pause():
+                    # curl keeps the chunk and hands it over again when resumed.
+                    attempt.paused(curl)
+                    return pycurl.WRITEFUNC_PAUSE
+                return write(chunk)
+
+            curl.setopt(pycurl.WRITEFUNCTION, write_chunk)
+            # Resumed transfers need a socket_action to make progress (as Tornado's own pause does).
+            attempt.kick = lambda: getattr(self._http, "_set_timeout", lambda _delay: None)(0)
         if proxy:
             # The proxy's "200 Connection established" must not pass for the registry's answer.
             curl.setopt(SUPPRESS_CONNECT_HEADERS, 1)
@@ -358,6 +413,11 @@ class UpstreamClient:
 
     async def _fetch_token(self, request: TokenRequest) -> TokenAnswer:
         proxy = _proxy_for(request.url)
+        try:
+            pins = await self.guard.pin(request.registry, request.url, proxied=proxy is not None)
+        except RegcacheError as exc:
+            log.warning("token realm %s refused: %s", _origin(request.url), exc)
+            return TokenAnswer(403, b"")
         http_request = HTTPRequest(
             request.url,
             headers={"Authorization": request.authorization, "User-Agent": USER_AGENT},
@@ -365,7 +425,7 @@ class UpstreamClient:
             connect_timeout=self._connect_timeout,
             request_timeout=30,
             ca_certs=self._ca_bundle,
-            prepare_curl_callback=lambda curl: self._prepare_curl(curl, proxy),
+            prepare_curl_callback=lambda curl: self._prepare_curl(curl, proxy, pins),
         )
         response = await self._http.fetch(http_request, raise_error=False)
         if response.code == 599:

@@ -144,7 +144,7 @@ async def _serve(settings: Settings, store: TieredStore, ready: asyncio.Future[i
     root = settings.cache_dir
     disk = store.local
     upstream = UpstreamClient(settings, idle_timeout=settings.upstream_idle_timeout)
-    fills = FillMap()
+    fills = FillMap(settings.max_fills, settings.max_fill_clients)
     tracker = RequestTracker()
     private = settings.private_registries
 
@@ -157,9 +157,13 @@ async def _serve(settings: Settings, store: TieredStore, ready: asyncio.Future[i
         "manifests": ManifestService(store, upstream, Policy.from_settings(settings)),
         "disk": disk,
         "tracker": tracker,
+        "guard": upstream.guard,
+        "client_idle_timeout": settings.client_idle_timeout,
     }
     app = make_app(services)
-    server = HTTPServer(app, xheaders=False, max_header_size=MAX_HEADER_SIZE, idle_connection_timeout=300)
+    server = HTTPServer(
+        app, xheaders=False, max_header_size=MAX_HEADER_SIZE, idle_connection_timeout=settings.client_idle_timeout
+    )
     try:
         bound = bind_sockets(settings.port, address=settings.host)
     except OSError as exc:

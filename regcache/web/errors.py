@@ -6,6 +6,7 @@ import json
 
 from tornado.web import HTTPError
 
+from regcache.cache.fill import Overloaded
 from regcache.errors import (
     BadRequest,
     DigestMismatch,
@@ -35,6 +36,8 @@ def error_for(exc: BaseException | None, status: int) -> tuple[int, str, str]:
         return 502, "MANIFEST_INVALID", str(exc)
     if isinstance(exc, UpstreamError):
         return 502, "UNAVAILABLE", str(exc)
+    if isinstance(exc, Overloaded):
+        return 503, "UNAVAILABLE", str(exc)
     if isinstance(exc, StorageError):
         # 503 sends containerd to the next host (the registry itself) at once.
         return 503, "UNAVAILABLE", str(exc)

@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import logging
 import os
+from datetime import timedelta
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from tornado import gen
 from tornado.iostream import StreamClosedError
 from tornado.web import HTTPError, RequestHandler
 
 from regcache import metrics
 from regcache.cache.blobs import BlobService, FillingBlob, PassedThrough, RedirectedBlob, SharedBlob, StoredBlob
 from regcache.cache.context import ClientContext
-from regcache.cache.manifests import Manifest, ManifestService
+from regcache.cache.manifests import Manifest, ManifestService, upstream_unavailable
+from regcache.cache.relay import STORAGE_HEALTH, Relay
 from regcache.config import DOCKER_HUB
 from regcache.errors import BadRequest, RegcacheError
 from regcache.oci import mediatypes
@@ -101,14 +104,17 @@ class BaseHandler(RequestHandler):
         ns = self.get_query_argument("ns", None)
         if ns is None:
             # Docker's registry-mirrors only ever mirror Docker Hub and send no ns.
-            if self.request.headers.get("User-Agent", "").startswith("docker/"):
-                self.registry = DOCKER_HUB
-                return DOCKER_HUB
-            raise BadRequest(
-                "UNSUPPORTED",
-                "missing ns query argument: configure containerd to use regcache as a mirror (hosts.toml), which sends ?ns=<registry>",
-            )
-        self.registry = parse_registry(ns)
+            if not self.request.headers.get("User-Agent", "").startswith("docker/"):
+                raise BadRequest(
+                    "UNSUPPORTED",
+                    "missing ns query argument: configure containerd to use regcache as a mirror (hosts.toml), which sends ?ns=<registry>",
+                )
+            self.registry = DOCKER_HUB
+        else:
+            self.registry = parse_registry(ns)
+        guard = self.services.get("guard")
+        if guard is not None:
+            guard.check_registry(self.registry)  # --allow-registry, IP literals: 403
         return self.registry
 
     def client_context(self) -> ClientContext:
@@ -120,12 +126,35 @@ class BaseHandler(RequestHandler):
 
     # --- writing bodies -------------------------------------------------------------------------
     async def send_chunk(self, chunk: bytes) -> bool:
-        """Write and flush one chunk; False when the client has gone."""
+        """Write and flush one chunk; False when the client has gone.
+
+        A client that takes no byte for --client-idle-timeout is disconnected: a reader that
+        stalls for ever must not hold a connection, a descriptor and a download's reader slot.
+        A slow one that keeps taking bytes is not.
+        """
         self.write(chunk)
-        try:
-            await self.flush()
-        except StreamClosedError:
-            return False
+        flushed = self.flush()
+        timeout = self.services.get("client_idle_timeout")
+        stream = self.request.connection.stream
+        sent = getattr(stream, "_total_write_done_index", None)
+        while True:
+            try:
+                if timeout:
+                    await gen.with_timeout(timedelta(seconds=timeout), flushed, quiet_exceptions=StreamClosedError)
+                else:
+                    await flushed
+                break
+            except StreamClosedError:
+                return False
+            except gen.TimeoutError:
+                now_sent = getattr(stream, "_total_write_done_index", None)
+                if now_sent is None or now_sent == sent:
+                    log.info(
+                        "%s %s: client took no byte for %.0fs; closing", self.request.method, self.request.path, timeout
+                    )
+                    self.abort_connection()
+                    return False
+                sent = now_sent
         self.body_bytes += len(chunk)
         return True
 
@@ -135,7 +164,15 @@ class BaseHandler(RequestHandler):
         self.request.connection.stream.close()
 
     def pass_through(self, response: UpstreamResponse, include_body: bool) -> None:
-        """The upstream's answer, unchanged but for hop-by-hop headers."""
+        """The upstream's answer, unchanged but for hop-by-hop headers.
+
+        Except a 429 or 5xx: containerd retries a 429 on the same host (up to 5 times) and
+        would wait on the mirror, while a 503 sends it to the next host, the registry itself.
+        The registry's Retry-After goes in the error body, not in a header a client would obey.
+        """
+        if upstream_unavailable(response.status):
+            self.unavailable(response)
+            return
         self.set_status(response.status)
         self.clear_header("Content-Type")
         seen: set[str] = set()
@@ -154,6 +191,17 @@ class BaseHandler(RequestHandler):
             if length is not None:
                 self.set_header("Content-Length", length)
             self.finish()
+
+    def unavailable(self, response: UpstreamResponse) -> None:
+        retry_after = response.headers.get("Retry-After")
+        detail: dict[str, object] = {"upstream_status": response.status}
+        message = f"upstream {self.registry} answered {response.status}"
+        if retry_after:
+            detail["retry_after"] = retry_after[:100]
+            message += f" (Retry-After: {retry_after[:100]})"
+        self.set_status(503)
+        self.set_header("Content-Type", "application/json")
+        self.finish(error_body("UNAVAILABLE", message + "; fetch from the registry itself", detail))
 
 
 class PingHandler(BaseHandler):
@@ -229,6 +277,11 @@ class BlobHandler(BaseHandler):
             self.set_header("Location", answer.url)
             self.set_header("Docker-Content-Digest", str(ref.digest))
             self.set_header("Content-Length", "0")
+        elif isinstance(answer, Relay):
+            try:
+                await self._send_relayed(answer, ref.digest)
+            finally:
+                answer.close()
         else:
             self._send_passed_through(answer, ref.digest)
 
@@ -320,6 +373,30 @@ class BlobHandler(BaseHandler):
             metrics.SERVED_BYTES.labels("disk" if answer.hit else answer.source).inc(len(chunk))
             position += len(chunk)
 
+    async def _send_relayed(self, relay: Relay, digest: Digest) -> None:
+        """A download the cache could not store, streamed through as it arrives (whole: a Range
+        is not honoured here, which RFC 9110 allows)."""
+        self.cache_result = "skip"
+        metrics.CACHE_RESULTS.labels("skip").inc()
+        self._blob_headers(digest)
+        if relay.size is not None:
+            self.set_header("Content-Length", str(relay.size))
+        try:
+            await self.flush()
+        except StreamClosedError:
+            return
+        while True:
+            try:
+                chunk = await relay.read()
+            except RegcacheError:
+                self.abort_connection()
+                return
+            if chunk is None:
+                return
+            if not await self.send_chunk(chunk):
+                return
+            metrics.SERVED_BYTES.labels("upstream").inc(len(chunk))
+
     def _send_passed_through(self, answer: PassedThrough, digest: Digest) -> None:
         self.cache_result = "skip"
         metrics.CACHE_RESULTS.labels("skip").inc()
@@ -347,11 +424,18 @@ class ReadyHandler(BaseHandler):
     async def get(self) -> None:
         disk = self.services["disk"]
         self.set_header("Content-Type", "application/json")
-        if disk.writable():
-            self.finish(b'{"status":"ready"}')
-        else:
+        trouble = STORAGE_HEALTH.trouble()
+        if not disk.writable():
             self.set_status(503)
-            self.finish(error_body("UNAVAILABLE", f"cache dir {disk.root} is not writable"))
+            self.finish(
+                error_body("UNAVAILABLE", f"cache dir {disk.root} is not writable; pulls pass through uncached")
+            )
+        elif trouble is not None:
+            # Recent failures (a full disk still takes an empty probe file): reported for a minute.
+            self.set_status(503)
+            self.finish(error_body("UNAVAILABLE", f"cache storage failing: {trouble}; pulls pass through uncached"))
+        else:
+            self.finish(b'{"status":"ready"}')
 
 
 class UploadHandler(BaseHandler):

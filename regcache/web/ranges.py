@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-_RANGE_RE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$")
+_RANGE_RE = re.compile(r"^\s*bytes\s*=\s*([0-9]*)\s*-\s*([0-9]*)\s*$")
 
 
 @dataclass(frozen=True)
@@ -42,8 +42,8 @@ class RangeSpec:
         if self.first is None:
             # Suffix range: the last n bytes.
             assert self.last is not None
-            if self.last == 0:
-                raise Unsatisfiable()
+            if self.last == 0 or size == 0:
+                raise Unsatisfiable()  # no last byte to give (RFC 9110 14.1.2)
             return ByteRange(max(0, size - self.last), size)
         if self.first >= size:
             raise Unsatisfiable()

@@ -554,3 +554,91 @@ def test_redirect_to_presigned_s3_never_carries_credentials(
     signatures = [m for r in from_cache for m in re.findall(r"X-Amz-Signature=([0-9a-f]+)", r.target)]
     assert signatures
     assert_no_secrets(cache, secrets_of(S3_USER, S3_PASSWORD) + signatures)
+
+
+# --- --private-registry: cached content only for clients the registry accepts -----------------------
+
+
+def head_count(registry: Registry, digest: str) -> int:
+    return sum(1 for e in registry.requests() if e.method == "HEAD" and e.path.endswith(f"/blobs/{digest}"))
+
+
+def test_private_blobs_are_served_from_the_cache_only_to_clients_the_registry_accepts(
+    make_regcache, basic_registry, image, fake
+):
+    ns = basic_registry.host
+    cache = make_regcache("--upstream", f"{ns}={basic_registry.url}", "--private-registry", ns, *fake.upstream_arg())
+    digest = image.layer_digests[1]
+    good = {"Authorization": basic(BASIC_USER, BASIC_PASSWORD)}
+    first = cache.blob(ns, REPO, digest, **good)
+    assert first.status == 200 and first.body == image.blob(digest)
+    # Stored under its registry, not where a public pull of the digest would find it.
+    private_path = cache.cache_dir / "private" / ns / "blobs" / "sha256" / digest[7:9] / digest[7:]
+    assert wait_until(private_path.exists, timeout=10)
+    assert not (cache.cache_dir / "blobs").exists() or cache.stored_files("blobs") == []
+
+    gets = basic_registry.blob_get_count(digest)
+    again = cache.blob(ns, REPO, digest, **good)
+    assert again.status == 200 and again.body == image.blob(digest)
+    assert basic_registry.blob_get_count(digest) == gets, "the second pull is a cache hit"
+
+    # No credentials, or wrong ones: the registry's 401 and its challenge, never the bytes.
+    challenge = request(f"{basic_registry.url}/v2/").header("WWW-Authenticate")
+    heads = head_count(basic_registry, digest)
+    for headers in ({}, {"Authorization": basic(BASIC_USER, WRONG_PASSWORD)}):
+        refused = cache.blob(ns, REPO, digest, **headers)
+        assert refused.status == 401 and refused.header("WWW-Authenticate") == challenge
+        assert image.blob(digest) not in refused.body
+        head = cache.blob(ns, REPO, digest, method="HEAD", **headers)
+        assert head.status == 401
+    assert head_count(basic_registry, digest) == heads + 4, "every refused client was checked upstream"
+
+    # A public registry asked for the same digest does not get the private copy.
+    public = cache.blob(fake.ns, REPO, digest)
+    assert public.status == 404 and fake.count(f"/v2/{REPO}/blobs/{digest}") == 1
+    assert_no_secrets(cache, secrets_of(BASIC_USER, BASIC_PASSWORD) + secrets_of(BASIC_USER, WRONG_PASSWORD))
+
+
+def test_private_access_checks_are_remembered_briefly_per_credential_and_repository(
+    make_regcache, basic_registry, image
+):
+    ns = basic_registry.host
+    cache = make_regcache("--upstream", f"{ns}={basic_registry.url}", "--private-registry", ns)
+    good = {"Authorization": basic(BASIC_USER, BASIC_PASSWORD)}
+    digest = image.config_digest
+    heads = head_count(basic_registry, digest)
+    for _ in range(3):
+        assert cache.blob(ns, REPO, digest, **good).status == 200
+    assert head_count(basic_registry, digest) == heads + 1
+    # Another repository is another question: the registry serves blobs only through their own.
+    assert cache.blob(ns, "auth/unknown", digest, **good).status == 404
+    assert head_count(basic_registry, digest) == heads + 2
+
+
+def test_private_blobs_with_a_creds_file_are_checked_with_the_configured_credentials(
+    make_regcache, basic_registry, image, tmp_path
+):
+    """The operator's creds file lets clients without credentials pull: the check says so too."""
+    ns = basic_registry.host
+    creds = write_creds(tmp_path / "creds.yaml", ns, BASIC_USER, BASIC_PASSWORD)
+    cache = make_regcache("--upstream", f"{ns}={basic_registry.url}", "--private-registry", ns, "-f", str(creds))
+    pull_all(cache, ns, REPO, image)
+    pull_all(cache, ns, REPO, image)
+    assert cache.stored_files("private")
+    assert_no_secrets(cache, secrets_of(BASIC_USER, BASIC_PASSWORD))
+
+
+def test_private_content_is_not_served_when_the_registry_cannot_be_asked(make_regcache, basic_registry, image):
+    ns = basic_registry.host
+    cache = make_regcache("--upstream", f"{ns}={basic_registry.url}", "--private-registry", ns)
+    good = {"Authorization": basic(BASIC_USER, BASIC_PASSWORD)}
+    digest = image.layer_digests[0]
+    assert cache.blob(ns, REPO, digest, **good).status == 200
+    basic_registry.stop()
+    try:
+        # Even a client that was allowed a moment ago, once the remembered answer has expired,
+        # or any other client, gets no cached private bytes without the registry's yes.
+        other = cache.blob(ns, REPO, digest, Authorization=basic(BASIC_USER, WRONG_PASSWORD))
+        assert other.status == 502 and image.blob(digest) not in other.body
+    finally:
+        basic_registry.start()

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import urllib.parse
 
 import pytest
@@ -16,7 +17,7 @@ import pytest
 from regcache import __version__
 from tests.fakes import digest_of, serve, serve_throttled, stall_after
 from tests.peers.net import clean_env
-from tests.support import Regcache, blob_path, request, stored_blob, wait_until
+from tests.support import Regcache, blob_path, log_lines, request, stored_blob, wait_until
 
 REPO = "life/app"
 
@@ -114,9 +115,9 @@ def test_version():
     assert out.returncode == 0 and __version__ in out.stdout
 
 
-def test_broken_cache_storage_sends_cold_blobs_elsewhere_and_keeps_serving_what_it_has(make_regcache, fake):
+def test_broken_cache_storage_passes_cold_blobs_through_and_keeps_serving_what_it_has(make_regcache, fake):
     cached = os.urandom(64 * 1024)
-    cold = os.urandom(64 * 1024)
+    cold = os.urandom(3 * 1024 * 1024)
     manifest = b'{"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json", "layers": []}'
     for data in (cached, cold):
         fake.routes[f"/v2/{REPO}/blobs/{digest_of(data)}"] = serve(data)
@@ -124,20 +125,29 @@ def test_broken_cache_storage_sends_cold_blobs_elsewhere_and_keeps_serving_what_
     cache = make_regcache(*fake.upstream_arg())
     assert cache.blob(fake.ns, REPO, digest_of(cached)).body == cached
     assert stored_blob(cache.cache_dir, digest_of(cached)) == cached
+    assert cache.get("/readyz", None).status == 200
     # The cache dir stops taking writes (a full or read-only disk looks the same to a writer).
     staging = cache.cache_dir / "staging"
     staging.rename(cache.cache_dir / "staging.moved")
     staging.write_text("not a directory")
-    resp = cache.blob(fake.ns, REPO, digest_of(cold))
-    # 503 makes containerd fetch from the registry itself at once: the pull does not fail.
-    assert resp.status == 503
-    error = json.loads(resp.body)["errors"][0]
-    assert error["code"] == "UNAVAILABLE" and "storage" in error["message"]
+    for _ in range(3):
+        resp = cache.blob(fake.ns, REPO, digest_of(cold))
+        # The pull goes on, streamed through from the registry, and nothing is stored.
+        assert resp.status == 200 and resp.body == cold
+        assert resp.header("Docker-Content-Digest") == digest_of(cold)
+    assert not blob_path(cache.cache_dir, digest_of(cold)).exists()
     assert cache.blob(fake.ns, REPO, digest_of(cached)).body == cached
     # Manifests are fetched whole, so they are still served, just not stored.
     got = cache.manifest(fake.ns, REPO, "1.0")
     assert got.status == 200 and got.body == manifest
-    assert cache.metrics()['regcache_tier_errors_total{op="create",tier="staging"}'] == 1
+    samples = cache.metrics()
+    assert samples["regcache_storage_passthrough_total"] == 3
+    assert samples['regcache_tier_errors_total{op="create",tier="staging"}'] == 3
+    ready = cache.get("/readyz", None)
+    assert ready.status == 503 and "not writable" in json.loads(ready.body)["errors"][0]["message"]
+    # One log line a minute, however many pulls go around the cache.
+    assert len(log_lines(cache.log(), r"WARNING .*cache storage unavailable")) == 1
+    assert not log_lines(cache.log(), r"WARNING .*(cannot stage|fill blobs/)"), "storage trouble logged per blob"
 
 
 @pytest.fixture
@@ -155,22 +165,71 @@ def small_disk(scratch):
     subprocess.run(["umount", "-l", str(mountpoint)], check=False)
 
 
-def test_a_blob_larger_than_the_free_disk_gets_a_503_not_a_broken_stream(make_regcache, fake, small_disk):
+def test_a_blob_larger_than_the_free_disk_is_passed_through_and_readyz_says_so(make_regcache, fake, small_disk):
     big = os.urandom(8 * 1024 * 1024)
     small = os.urandom(512 * 1024)
     for data in (big, small):
         fake.routes[f"/v2/{REPO}/blobs/{digest_of(data)}"] = serve(data)
     cache = make_regcache(*fake.upstream_arg(), cache_dir=small_disk)
     resp = cache.blob(fake.ns, REPO, digest_of(big))
-    # Found before the answer starts, so containerd goes to the registry instead of failing.
-    assert resp.status == 503
-    assert "storage" in json.loads(resp.body)["errors"][0]["message"]
-    assert cache.staging_files() == [] or wait_until(lambda: cache.staging_files() == [], timeout=5)
+    # Found when the space is reserved, before the answer starts: the pull goes on uncached.
+    assert resp.status == 200 and resp.body == big
+    assert wait_until(lambda: cache.staging_files() == [], timeout=5), "nothing partial is left"
     assert not blob_path(small_disk, digest_of(big)).exists()
+    ready = cache.get("/readyz", None)
+    assert ready.status == 503
+    assert "No space left" in json.loads(ready.body)["errors"][0]["message"]
     # What fits is still cached.
     assert cache.blob(fake.ns, REPO, digest_of(small)).body == small
     assert stored_blob(small_disk, digest_of(small)) == small
-    assert cache.metrics()['regcache_tier_errors_total{op="reserve",tier="staging"}'] == 1
+    samples = cache.metrics()
+    assert samples['regcache_tier_errors_total{op="reserve",tier="staging"}'] == 1
+    assert samples["regcache_storage_passthrough_total"] == 1
+    assert log_lines(cache.log(), r"WARNING .*cache storage unavailable .*No space left")
+
+
+def test_a_slow_client_of_a_passed_through_blob_holds_bounded_memory(make_regcache, fake, small_disk):
+    """The registry is paused, not buffered, while the client reads slowly."""
+    big = os.urandom(24 * 1024 * 1024)
+    fake.routes[f"/v2/{REPO}/blobs/{digest_of(big)}"] = serve(big)
+    cache = make_regcache(*fake.upstream_arg(), cache_dir=small_disk)
+    cache.blob(fake.ns, REPO, digest_of(b"warm-up"))  # imports and first-request allocations
+    before = _rss_kib(cache.proc.proc.pid)
+    conn = http.client.HTTPConnection("127.0.0.1", cache.port, timeout=30)
+    conn.request("GET", f"/v2/{REPO}/blobs/{digest_of(big)}?ns={urllib.parse.quote(fake.ns)}")
+    resp = conn.getresponse()
+    assert resp.status == 200
+    body = resp.read(256 * 1024)
+    time.sleep(1.0)  # the client stalls; the registry could send everything in this time
+    grown = _rss_kib(cache.proc.proc.pid) - before
+    body += resp.read()
+    conn.close()
+    assert body == big
+    assert grown < 10 * 1024, f"regcache grew by {grown} KiB while a client stalled on a 24 MiB pass-through"
+
+
+def test_a_passed_through_blob_that_does_not_match_its_digest_never_looks_complete(make_regcache, fake, small_disk):
+    real = os.urandom(8 * 1024 * 1024)
+    lie = bytearray(real)
+    lie[-1] ^= 0xFF  # wrong in its very last byte
+    fake.routes[f"/v2/{REPO}/blobs/{digest_of(real)}"] = serve(bytes(lie))
+    cache = make_regcache(*fake.upstream_arg(), cache_dir=small_disk)
+    conn = http.client.HTTPConnection("127.0.0.1", cache.port, timeout=30)
+    conn.request("GET", f"/v2/{REPO}/blobs/{digest_of(real)}?ns={urllib.parse.quote(fake.ns)}")
+    resp = conn.getresponse()
+    assert resp.status == 200
+    with pytest.raises(http.client.IncompleteRead) as info:
+        resp.read()
+    conn.close()
+    assert len(info.value.partial) == len(real) - 1, "all but the held-back last byte"
+    assert cache.metrics()[f'regcache_verification_failures_total{{reason="digest",registry="{fake.ns}"}}'] == 1
+
+
+def _rss_kib(pid: int) -> int:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
 
 
 def test_sigterm_waits_for_a_pull_even_after_a_malformed_request(make_regcache, fake):
@@ -188,3 +247,36 @@ def test_sigterm_waits_for_a_pull_even_after_a_malformed_request(make_regcache, 
     cache.proc.proc.send_signal(signal.SIGTERM)
     assert first + resp.read() == data
     assert cache.proc.proc.wait(timeout=30) == 0
+
+
+def test_creds_file_readable_by_everyone_is_warned_about_and_a_malformed_one_stops_start_up(make_regcache, scratch):
+    creds = scratch / "creds.yaml"
+    creds.write_text("ghcr.io:\n  username: u\n  password: secret-pw-1\n")
+    creds.chmod(0o644)
+    cache = make_regcache("-f", str(creds))
+    [line] = log_lines(cache.log(), r"WARNING .*creds-file")
+    assert str(creds) in line and "readable by every user" in line and "secret-pw-1" not in cache.log()
+    creds.chmod(0o600)
+    quiet = make_regcache("-f", str(creds))
+    assert not log_lines(quiet.log(), r"creds-file")
+
+    creds.write_text("ghcr.io:\n  username: u\n  password: secret-pw-1\nquay.io:\n  username: v\n")
+    broken = Regcache(["-f", str(creds)], cache_dir=scratch / "c")
+    assert _run_to_exit(broken) == 2
+    assert "line 4: entry 'quay.io' has no password" in broken.log()
+    assert "Traceback" not in broken.log() and "secret-pw-1" not in broken.log()
+
+
+def test_a_tag_whose_manifest_was_removed_from_outside_is_fetched_again(make_regcache, fake):
+    manifest = b'{"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json", "layers": []}'
+    fake.routes[f"/v2/{REPO}/manifests/1.0"] = serve(manifest, "application/vnd.oci.image.manifest.v1+json")
+    cache = make_regcache(*fake.upstream_arg())
+    assert cache.manifest(fake.ns, REPO, "1.0").body == manifest
+    assert cache.manifest(fake.ns, REPO, "1.0").body == manifest
+    assert fake.count(f"/v2/{REPO}/manifests/1.0") == 1
+    for path in cache.stored_files("manifests"):  # `find -delete` by a clean-up sidecar
+        path.unlink()
+    assert cache.stored_files("tags"), "the tag pointer is still there"
+    again = cache.manifest(fake.ns, REPO, "1.0")
+    assert again.status == 200 and again.body == manifest
+    assert fake.count(f"/v2/{REPO}/manifests/1.0") == 2

@@ -152,7 +152,9 @@ def test_private_registry_manifests_are_not_cached_but_blobs_are(make_regcache, 
     assert not cache.stored_files("manifests") and not cache.stored_files("tags")
     digest = upstream.app.config_digest
     cache.blob(upstream.ns, REPO, digest)
-    assert stored_blob(cache.cache_dir, digest)
+    # Stored apart, under the registry (test_auth: served only to clients the registry accepts).
+    assert stored_blob(cache.cache_dir / "private" / upstream.ns, digest) == upstream.app.config_bytes
+    assert not cache.stored_files("blobs")
 
 
 def test_cached_content_is_served_with_the_upstream_stopped(cache, upstream):
