@@ -39,6 +39,9 @@ MAX_PARTS = 10_000
 PARALLEL_PARTS = 3
 # A lookup that takes longer than this is treated as a failure: the pull goes upstream instead.
 LOOKUP_TIMEOUT = 5.0
+# One PUT of at most a part's size, or a completion: a store that accepts the connection and
+# then never answers must not hold an upload lane forever.
+WRITE_TIMEOUT = 120.0
 BACKOFF_FIRST = 2.0
 BACKOFF_MAX = 60.0
 READ_CHUNK = 1024 * 1024
@@ -310,6 +313,7 @@ class S3Tier:
                 lambda extra=extra: self._client.put_object(
                     Bucket=self.bucket, Key=self._key(key), Body=data, ContentType=content_type, Metadata=meta, **extra
                 ),
+                WRITE_TIMEOUT,
             )
             if checksum == "sha256" and not answer.get("ChecksumSHA256"):
                 self._no_sha256_support()
@@ -334,6 +338,7 @@ class S3Tier:
                 Metadata=meta,
                 **({"ChecksumAlgorithm": "SHA256"} if use_sha else {}),
             ),
+            WRITE_TIMEOUT,
         )
         upload_id = create["UploadId"]
         parts: list[dict[str, Any] | None] = [None] * count
@@ -360,6 +365,7 @@ class S3Tier:
                         Body=data,
                         **check,
                     ),
+                    WRITE_TIMEOUT,
                 )
                 part: dict[str, Any] = {"PartNumber": number, "ETag": answer["ETag"]}
                 if use_sha:
@@ -382,6 +388,7 @@ class S3Tier:
                 lambda: self._client.complete_multipart_upload(
                     Bucket=self.bucket, Key=self._key(key), UploadId=upload_id, MultipartUpload={"Parts": parts}
                 ),
+                WRITE_TIMEOUT,
             )
         except BaseException:
             # Never leave parts behind (they cost storage and are invisible to listings).

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import BIG_REPO, REPO, Upstream
+from tests.fakes import SwitchableForwarder
 from tests.peers.containerd import Containerd
 from tests.peers.net import clean_env, free_port
 from tests.peers.seaweed import SeaweedS3
@@ -191,16 +192,16 @@ def test_a_large_blob_goes_up_in_parts_and_comes_back_whole(start_s3_cache, weed
 
 
 @pytest.fixture
-def own_weed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
-    """A SeaweedFS of the test's own, which it may stop and start again."""
-    with SeaweedS3(tmp_path_factory.mktemp("weed-own")) as s3:
-        yield s3
+def outage(weed: SeaweedS3) -> Iterator[SwitchableForwarder]:
+    """The S3 server as regcache reaches it, through a link the test can cut and restore."""
+    link = SwitchableForwarder(weed.port)
+    yield link
+    link.close()
 
 
-def test_pulls_keep_working_while_s3_is_down_and_uploads_catch_up_after(make_regcache, own_weed, upstream):
-    name = own_weed.bucket("regcache-down")
-    cache = make_regcache("-b", name, *upstream.upstream_arg(), env=s3_env(own_weed))
-    own_weed.stop()
+def test_pulls_keep_working_while_s3_is_down_and_uploads_catch_up_after(make_regcache, weed, bucket, outage, upstream):
+    cache = make_regcache("-b", bucket, *upstream.upstream_arg(), env=s3_env(weed, AWS_ENDPOINT_URL_S3=outage.url))
+    outage.down()
     # Cold content comes from the upstream, warm content from the local disk, without waiting
     # on S3 timeouts.
     started = time.monotonic()
@@ -213,28 +214,27 @@ def test_pulls_keep_working_while_s3_is_down_and_uploads_catch_up_after(make_reg
     warnings = [line for line in cache.log().splitlines() if "WARNING" in line and "S3 bucket" in line]
     assert len(warnings) == 1, warnings  # once per burst, not once per request
 
-    own_weed.start()
-    uploads_done(cache, own_weed, name, upstream.app.blob_digests, timeout=120)
+    outage.up()
+    uploads_done(cache, weed, bucket, upstream.app.blob_digests, timeout=120)
     for digest in upstream.app.blob_digests:
-        assert bucket_object(own_weed, name, blob_key(digest))[0] == upstream.app.blob(digest)
+        assert bucket_object(weed, bucket, blob_key(digest))[0] == upstream.app.blob(digest)
     assert "answers again" in cache.log()
 
 
-def test_uploads_cut_off_by_a_restart_resume_at_the_next_start(make_regcache, own_weed, upstream, scratch):
-    name = own_weed.bucket("regcache-resume")
+def test_uploads_cut_off_by_a_restart_resume_at_the_next_start(make_regcache, weed, bucket, outage, upstream, scratch):
     cache_dir = scratch / "cache"
-    first = make_regcache("-b", name, *upstream.upstream_arg(), env=s3_env(own_weed), cache_dir=cache_dir)
-    own_weed.stop()
+    env = s3_env(weed, AWS_ENDPOINT_URL_S3=outage.url)
+    first = make_regcache("-b", bucket, *upstream.upstream_arg(), env=env, cache_dir=cache_dir)
+    outage.down()
     pull_image(first, upstream)
     assert first.stop() == 0
     assert len(list((cache_dir / "uploads").iterdir())) >= len(upstream.app.blob_digests)
 
-    own_weed.start()
-    second = make_regcache("-b", name, *dead_upstream(upstream), env=s3_env(own_weed), cache_dir=cache_dir)
+    second = make_regcache("-b", bucket, *dead_upstream(upstream), env=s3_env(weed), cache_dir=cache_dir)
     assert re.search(r"resuming \d+ uploads", second.log())
-    uploads_done(second, own_weed, name, upstream.app.blob_digests, timeout=120)
+    uploads_done(second, weed, bucket, upstream.app.blob_digests, timeout=60)
     for digest in upstream.app.blob_digests:
-        assert bucket_object(own_weed, name, blob_key(digest))[0] == upstream.app.blob(digest)
+        assert bucket_object(weed, bucket, blob_key(digest))[0] == upstream.app.blob(digest)
     assert not list((cache_dir / "uploads").iterdir())
 
 
