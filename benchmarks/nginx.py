@@ -47,6 +47,9 @@ http {{
             proxy_cache_lock_age 600s;
             proxy_cache_valid 200 1d;
             proxy_read_timeout 600s;
+            proxy_buffer_size 64k;
+            proxy_buffers 16 1m;
+            proxy_busy_buffers_size 2m;
         }}
     }}
 }}

@@ -16,7 +16,7 @@ from pathlib import Path
 from benchmarks.nginx import Nginx
 from tests.peers.registry import Registry
 from tests.peers.seaweed import SeaweedS3
-from tests.support import Regcache
+from tests.support import Regcache, blob_path
 
 _EXTRA_DIRS = ("/usr/sbin", "/sbin", "/usr/local/sbin")
 
@@ -64,12 +64,11 @@ class Upstream:
         ]
         return len(gets), sum(e.size for e in gets)
 
-    def blob_file(self, digest: str) -> Path | None:
-        """Where distribution's filesystem driver keeps the blob (for nginx's static location)."""
-        if self.registry is None:
-            return None
-        encoded = digest.split(":", 1)[1]
-        return self.registry.storage_dir / "docker/registry/v2/blobs/sha256" / encoded[:2] / encoded / "data"
+
+def distribution_blob_file(registry: Registry, digest: str) -> Path:
+    """Where distribution's filesystem driver keeps a blob."""
+    encoded = digest.split(":", 1)[1]
+    return registry.storage_dir / "docker/registry/v2/blobs/sha256" / encoded[:2] / encoded / "data"
 
 
 class System:
@@ -97,6 +96,10 @@ class System:
     def close(self) -> None:
         """Stop and release what lives for the whole run (an S3 server)."""
         self.stop()
+
+    def stored(self, digest: str) -> bool:
+        """Whether the blob is now in this system's cache (a warm GET will not reach upstream)."""
+        return True
 
     @property
     def url(self) -> str:
@@ -166,6 +169,10 @@ class RegcacheDisk(System):
         self.port = cache.port
         self.pgid = cache.proc.pid if cache.proc is not None else None
 
+    def stored(self, digest: str) -> bool:
+        assert self.cache is not None and self.cache.cache_dir is not None
+        return blob_path(self.cache.cache_dir, digest).exists()
+
     def stop(self) -> None:
         if self.cache is not None:
             self.cache.stop(grace=5.0)
@@ -231,6 +238,11 @@ class DistributionProxy(System):
         self.port = self.registry.port
         self.pgid = self.registry._proc.pid if self.registry._proc is not None else None
 
+    def stored(self, digest: str) -> bool:
+        # distribution streams a cold blob to its client and stores it from a second download.
+        assert self.registry is not None
+        return distribution_blob_file(self.registry, digest).exists()
+
     def stop(self) -> None:
         if self.registry is not None:
             self.registry.close()
@@ -265,6 +277,10 @@ class NginxCache(System):
             return None
         encoded = digest.split(":", 1)[1]
         return f"/static/sha256/{encoded[:2]}/{encoded}/data"
+
+    def stored(self, digest: str) -> bool:
+        assert self.nginx is not None
+        return any(p.is_file() for p in (self.nginx.dir / "cache").rglob("*"))
 
     def stop(self) -> None:
         if self.nginx is not None:

@@ -7,12 +7,13 @@ pattern), so a slow client holds one chunk of memory, never the object.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from tornado.iostream import StreamClosedError
+from tornado.iostream import IOStream, StreamClosedError
 from tornado.web import HTTPError, RequestHandler
 
 from regcache import metrics
@@ -35,6 +36,13 @@ access_log = logging.getLogger("regcache.access")
 CHUNK = 1 << 20
 QUIET_PATHS = frozenset(("/healthz", "/readyz", "/metrics"))
 API_VERSION = ("Docker-Distribution-Api-Version", "registry/2.0")
+
+
+@runtime_checkable
+class SupportsFileno(Protocol):
+    """A stored object that is a local file (the disk tier's reader): it can be sendfile'd."""
+
+    def fileno(self) -> int: ...
 
 
 class BaseHandler(RequestHandler):
@@ -199,6 +207,7 @@ class ManifestHandler(BaseHandler):
 
 class BlobHandler(BaseHandler):
     kind = "blob"
+    _sending: asyncio.Future[int] | None = None  # a sendfile in progress
 
     async def get(self, repo: str, digest: str, include_body: bool = True) -> None:
         ref = parse_blob_ref(self.origin_registry(), repo, digest)
@@ -251,6 +260,13 @@ class BlobHandler(BaseHandler):
         byte_range = self._select_range(reader.size)
         if byte_range is None or not include_body:
             return
+        if (
+            isinstance(reader, SupportsFileno)
+            and byte_range.length
+            and type(self.request.connection.stream) is IOStream
+        ):
+            await self._sendfile(reader, byte_range)
+            return
         position = byte_range.start
         while position < byte_range.end:
             try:
@@ -265,6 +281,55 @@ class BlobHandler(BaseHandler):
                 return
             metrics.SERVED_BYTES.labels("disk").inc(len(chunk))
             position += len(chunk)
+
+    async def _sendfile(self, reader: SupportsFileno, byte_range: ByteRange) -> None:
+        """A file on local disk goes from the page cache to the client's socket in the kernel
+        (`os.sendfile`, via the event loop's sock_sendfile): no copy through Python, no chunk in
+        memory, a fraction of the CPU of read + write.
+
+        The body bypasses Tornado's stream, so the headers are flushed first, and the
+        connection's Content-Length bookkeeping is told what was sent behind its back. A client
+        that goes away ends the transfer (on_connection_close cancels it); a file that shrank
+        under us ends the connection without a complete-looking body.
+        """
+        try:
+            await self.flush()
+        except StreamClosedError:
+            return
+        stream = self.request.connection.stream
+        loop = asyncio.get_running_loop()
+        sending = asyncio.ensure_future(
+            loop.sock_sendfile(stream.socket, reader, byte_range.start, byte_range.length, fallback=False)
+        )
+        self._sending = sending
+        try:
+            await asyncio.wait([sending])
+        finally:
+            sending.cancel()  # nothing when done; stops the transfer if this handler was cancelled
+            self._sending = None
+        if sending.cancelled():
+            return  # the client went away
+        if sending.exception() is not None:
+            # Broken pipe, reset, or a socket closed under us (SendfileNotAvailableError when
+            # that happened before the first byte).
+            if not stream.closed():
+                self.abort_connection()
+            return
+        sent = sending.result()
+        self.body_bytes += sent
+        metrics.SERVED_BYTES.labels("disk").inc(sent)
+        connection = self.request.connection
+        remaining = getattr(connection, "_expected_content_remaining", None)
+        if remaining is not None:
+            connection._expected_content_remaining = remaining - sent
+        if sent < byte_range.length:
+            # The file shrank under us (removed from outside): never finish as if complete.
+            self.abort_connection()
+
+    def on_connection_close(self) -> None:
+        if self._sending is not None:
+            self._sending.cancel()
+        super().on_connection_close()
 
     async def _send_filling(self, answer: FillingBlob, digest: Digest) -> None:
         fill, head = answer.fill, answer.head
