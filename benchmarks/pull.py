@@ -91,10 +91,15 @@ def single_client(bench: Bench, system: System, rep: int) -> None:
         t = load.get(system.port, path, timeout=bench.args.timeout)
         return {"mb_per_s": t.size / t.seconds / MB, "seconds": t.seconds, "ttfb_ms": t.first_byte * 1000}
 
-    cold = bench.measure(system, one_get)
+    def per_gib(figures: dict[str, float]) -> dict[str, float]:
+        if "cpu_s" in figures:
+            figures["cpu_s_per_gib"] = figures["cpu_s"] / (bench.size / (1 << 30))
+        return figures
+
+    cold = per_gib(bench.measure(system, one_get))
     cold["stored_after_s"] = settle(bench, system)
     bench.record("cold", system, cold, rep)
-    warm = bench.measure(system, one_get)
+    warm = per_gib(bench.measure(system, one_get))
     if isinstance(system, NginxCache) and (static := system.static_path(bench.digest)):
         t = load.get(system.port, static, timeout=bench.args.timeout)
         warm["static_mb_per_s"] = t.size / t.seconds / MB

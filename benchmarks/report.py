@@ -24,8 +24,22 @@ class Scenario:
 
 
 SCENARIOS: tuple[Scenario, ...] = (
-    Scenario("cold", "1. cold single client", "mb_per_s", "MB/s", True, (("ttfb_ms", "1st byte ms"),)),
-    Scenario("warm", "2. warm single client", "mb_per_s", "MB/s", True, (("static_mb_per_s", "static MB/s"),)),
+    Scenario(
+        "cold",
+        "1. cold single client",
+        "mb_per_s",
+        "MB/s",
+        True,
+        (("ttfb_ms", "1st byte ms"), ("cpu_s_per_gib", "CPU s/GiB"), ("stored_after_s", "stored after s")),
+    ),
+    Scenario(
+        "warm",
+        "2. warm single client",
+        "mb_per_s",
+        "MB/s",
+        True,
+        (("cpu_s_per_gib", "CPU s/GiB"), ("static_mb_per_s", "nginx static MB/s")),
+    ),
     Scenario(
         "concurrent",
         "3. concurrent cold clients on one blob",
@@ -91,6 +105,82 @@ class Results:
             return f"{status['status']}: {status['reason']}"
         return "skipped: " + self.skipped.get(scenario, {}).get(system, "not measured")
 
+    def targets(self, system: str = "regcache-disk") -> list[dict[str, Any]]:
+        """The issue's targets for regcache-disk, checked against the anchors of this same run.
+
+        Each: the target, regcache's median, the anchor's median (if it is relative to one),
+        the ratio, and whether it is met (None when a figure is missing).
+        """
+
+        def med(scenario: str, name: str, key: str) -> float | None:
+            found = self.medians(scenario, name)
+            return None if found is None else found.get(key)
+
+        dist, nginx = "distribution-proxy", "nginx-cache"
+        # (target, value, anchor or None for an absolute bound, bound, "ge" or "le")
+        table: list[tuple[str, float | None, float | None, float, str]] = [
+            (
+                "cold MB/s >= 0.8x distribution proxy",
+                med("cold", system, "mb_per_s"),
+                med("cold", dist, "mb_per_s"),
+                0.8,
+                "ge",
+            ),
+            ("cold CPU s per GiB <= 1.3", med("cold", system, "cpu_s_per_gib"), None, 1.3, "le"),
+            (
+                "warm MB/s >= 0.9x nginx static sendfile",
+                med("warm", system, "mb_per_s"),
+                med("warm", nginx, "static_mb_per_s"),
+                0.9,
+                "ge",
+            ),
+            ("concurrent: 1 upstream GET", med("concurrent", system, "upstream_gets"), None, 1, "le"),
+            (
+                "concurrent wall <= 1.0x nginx proxy_cache",
+                med("concurrent", system, "wall_s"),
+                med("concurrent", nginx, "wall_s"),
+                1.0,
+                "le",
+            ),
+            ("concurrent peak RSS <= 64 MiB", med("concurrent", system, "peak_rss_mib"), None, 64, "le"),
+            (
+                "manifest GETs >= 10x distribution proxy",
+                med("manifests", system, "requests_per_s"),
+                med("manifests", dist, "requests_per_s"),
+                10,
+                "ge",
+            ),
+            (
+                "ctr pull cold <= distribution proxy",
+                med("ctr_cold", system, "seconds"),
+                med("ctr_cold", dist, "seconds"),
+                1.0,
+                "le",
+            ),
+            (
+                "ctr pull warm <= direct",
+                med("ctr_warm", system, "seconds"),
+                med("ctr_warm", "direct", "seconds"),
+                1.0,
+                "le",
+            ),
+        ]
+        out = []
+        for target, value, anchor, bound, op in table:
+            relative = target.endswith(("proxy", "sendfile", "proxy_cache", "direct"))
+            compared = None if value is None or (relative and not anchor) else (value / anchor if relative else value)
+            met = None if compared is None else (compared >= bound if op == "ge" else compared <= bound)
+            out.append(
+                {
+                    "target": target,
+                    "value": value,
+                    "anchor": anchor,
+                    "ratio": compared if relative else None,
+                    "met": met,
+                }
+            )
+        return out
+
     def to_json(self) -> dict[str, Any]:
         scenarios: dict[str, Any] = {}
         for sc in SCENARIOS:
@@ -115,7 +205,7 @@ class Results:
                 "higher_is_better": sc.higher_is_better,
                 "systems": per_system,
             }
-        return {"meta": self.meta, "systems": self.systems, "scenarios": scenarios}
+        return {"meta": self.meta, "systems": self.systems, "scenarios": scenarios, "targets": self.targets()}
 
     # -- views ----------------------------------------------------------------------------------
     def table(self) -> str:
@@ -138,6 +228,12 @@ class Results:
                 for key, h in cols:
                     row += f"{_fmt(med.get(key)):>{max(len(h) + 2, 9)}}"
                 lines.append(row)
+        lines.append("")
+        lines.append("targets for regcache-disk (issue 4), against the anchors of this run")
+        for t in self.targets():
+            verdict = {True: "met", False: "MISSED", None: "n/a"}[t["met"]]
+            figure = _fmt(t["value"]) + (f" ({t['ratio']:.2f}x)" if t["ratio"] is not None else "")
+            lines.append(f"  {verdict:<7}{t['target']:<45}{figure}")
         return "\n".join(lines)
 
     def write(self, path: Path) -> tuple[Path, Path | None, str | None]:

@@ -290,7 +290,9 @@ class BlobHandler(BaseHandler):
         The body bypasses Tornado's stream, so the headers are flushed first, and the
         connection's Content-Length bookkeeping is told what was sent behind its back. A client
         that goes away ends the transfer (on_connection_close cancels it); a file that shrank
-        under us ends the connection without a complete-looking body.
+        under us ends the connection without a complete-looking body. sock_sendfile moves the
+        descriptor's file offset: harmless for a reader's own descriptor read with pread, but
+        never give it one that shares its offset with a writer (a dup of a staging file).
         """
         try:
             await self.flush()
@@ -298,15 +300,25 @@ class BlobHandler(BaseHandler):
             return
         stream = self.request.connection.stream
         loop = asyncio.get_running_loop()
-        sending = asyncio.ensure_future(
-            loop.sock_sendfile(stream.socket, reader, byte_range.start, byte_range.length, fallback=False)
-        )
-        self._sending = sending
+        # The loop watches the socket for writability under its descriptor number. Tornado
+        # closes its own descriptor when the client leaves, and a new connection may get the
+        # same number before our cancellation unregisters it; so the transfer runs on a
+        # duplicate that only we close, once nothing watches it any more.
+        sock = stream.socket.dup()
         try:
-            await asyncio.wait([sending])
+            sending = asyncio.ensure_future(
+                loop.sock_sendfile(sock, reader, byte_range.start, byte_range.length, fallback=False)
+            )
+            self._sending = sending
+            try:
+                await asyncio.wait([sending])
+            finally:
+                self._sending = None
+                if not sending.done():  # this handler was cancelled: stop the transfer first
+                    sending.cancel()
+                    await asyncio.wait([sending])
         finally:
-            sending.cancel()  # nothing when done; stops the transfer if this handler was cancelled
-            self._sending = None
+            sock.close()
         if sending.cancelled():
             return  # the client went away
         if sending.exception() is not None:
