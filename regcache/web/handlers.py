@@ -2,7 +2,8 @@
 
 Services arrive through `initialize(**kwargs)` from the one route table in app.py. Bodies are
 written one chunk at a time with `await flush()` between chunks (Tornado's StaticFileHandler
-pattern), so a slow client holds one chunk of memory, never the object.
+pattern), so a slow client holds one chunk of memory, never the object; a stored file on local
+disk goes out with `os.sendfile` and holds none.
 """
 
 from __future__ import annotations
