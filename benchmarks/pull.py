@@ -23,6 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 from benchmarks import load
 from benchmarks.procstats import GroupMeter
 from benchmarks.report import Results
@@ -36,6 +38,9 @@ UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 REPO = "bench/image"
 TAG = "1"  # not "latest": regcache's default --skip-tags never stores that one
 MB = 1e6
+# The test peers skip or fail a pytest test when a binary is missing; here that is one system's
+# (or scenario's) problem, reported as such.
+PEER_OUTCOMES: tuple[type[BaseException], ...] = (pytest.skip.Exception, pytest.fail.Exception)
 SETTLE_LIMIT = 120.0  # seconds to wait for a cold blob to be stored before the warm GET
 
 
@@ -196,7 +201,7 @@ def run_group(bench: Bench, system: System, group: Callable[[Bench, System, int]
     except Skip as exc:
         bench.say(f"  {system.name}: skipped: {exc}")
         bench.results.skip_system(system.name, str(exc))
-    except Exception as exc:  # noqa: BLE001 - one broken system must not end the whole run
+    except (Exception, *PEER_OUTCOMES) as exc:  # noqa: BLE001 - one broken system must not end the run
         traceback.print_exc()
         bench.say(f"  {system.name}: FAILED: {exc}")
         bench.results.skip_system(system.name, f"{type(exc).__name__}: {str(exc).splitlines()[0]}", "failed")
@@ -306,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pushed {upstream.host}/{REPO}:{TAG}, layer {digest}", flush=True)
         try:
             containerd, reason = start_containerd(workdir) if "ctr" in args.scenarios else (None, "not selected")
-        except Exception as exc:  # noqa: BLE001 - scenario 5 is then reported as skipped
+        except (Exception, *PEER_OUTCOMES) as exc:  # noqa: BLE001 - scenario 5 is then reported as skipped
             containerd, reason = None, f"containerd did not start: {exc}"
         bench = Bench(args, upstream, digest, args.size, results, containerd, reason)
         for cls in ALL_SYSTEMS:
