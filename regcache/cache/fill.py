@@ -31,6 +31,11 @@ log = logging.getLogger(__name__)
 HOLDBACK = 1
 # Chunks written in one system call at most (IOV_MAX is 1024).
 MAX_BATCH = 512
+# Bytes received but not yet handed to the writer at which the upstream transfer is paused (the
+# disk is slower than the network), and below which it goes on: memory per fill stays bounded
+# whatever the blob size.
+PAUSE_AT = 8 * 1024 * 1024
+RESUME_BELOW = 2 * 1024 * 1024
 # Range requests that continue a download the upstream broke off, before it is given up.
 MAX_RESUMES = 2
 # Writes and hashing of staging files run here; each fill has at most one batch in flight, so
@@ -74,6 +79,8 @@ class Fill:
         self.error: RegcacheError | None = None
         self._waiters: list[asyncio.Future[None]] = []
         self._pending: list[bytes] = []
+        self._pending_bytes = 0
+        self._resume: Callable[[], None] | None = None
         self._writing = False
         self._idle = asyncio.Event()
         self._idle.set()
@@ -103,11 +110,24 @@ class Fill:
         self.head.set_result(FillHead(UpstreamResponse(status, headers), self.size))
         return True
 
-    async def drained(self, backlog: int = 8) -> None:
-        """Wait while more than `backlog` chunks wait for the writer: a source that can outrun
-        the disk (S3 on a fast network) awaits this between chunks instead of filling memory."""
-        if len(self._pending) > backlog and self.error is None:
+    async def drained(self) -> None:
+        """For sources read with await (S3): wait while the writer is behind, as `full` pauses
+        the upstream client's transfers."""
+        if self.full:
             await self._idle.wait()
+
+    @property
+    def full(self) -> bool:
+        """Whether the source should pause until the writer catches up."""
+        return self._pending_bytes >= PAUSE_AT and self.error is None
+
+    def on_pause(self, resume: Callable[[], None]) -> None:
+        self._resume = resume
+
+    def _maybe_resume(self) -> None:
+        if self._resume is not None and (self._pending_bytes < RESUME_BELOW or self.error is not None):
+            resume, self._resume = self._resume, None
+            resume()
 
     def _resumed(self, status: int, headers: HTTPHeaders) -> None:
         """The answer to a Range request that continues this download: it must continue it."""
@@ -140,12 +160,14 @@ class Fill:
                 return
         self.received += len(chunk)
         self._pending.append(chunk)
+        self._pending_bytes += len(chunk)
         self._write_next()
 
     def _write_next(self) -> None:
         if self._writing or not self._pending or self.error is not None:
             return
         batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+        self._pending_bytes -= sum(len(c) for c in batch)
         self._writing = True
         self._idle.clear()
         done = asyncio.get_running_loop().run_in_executor(_WRITER, self.staging.append, batch)
@@ -164,6 +186,7 @@ class Fill:
             self._write_next()
         if not self._writing:
             self._idle.set()
+        self._maybe_resume()
 
     # --- the task -----------------------------------------------------------------------------
     async def run(
@@ -269,6 +292,7 @@ class Fill:
             self.head.set_exception(error)
             self.head.exception()  # retrieved here; readers re-raise it
         self._wake()
+        self._maybe_resume()  # a paused transfer must run to notice it is abandoned
 
     def _wake(self) -> None:
         waiters, self._waiters = self._waiters, []

@@ -86,6 +86,9 @@ class DiskTier:
         except FileNotFoundError:
             pass
 
+    def exists(self, key: str) -> bool:
+        return os.path.isfile(self._path(key))
+
     def unlink(self, key: str) -> None:
         """Remove a stored object now (eviction); readers that have it open keep their bytes."""
         try:

@@ -68,6 +68,11 @@ class TieredStore:
             reader.on_close = lambda: self._closed(key)
         return reader
 
+    def exists_locally(self, key: str) -> bool:
+        if self.index is not None:
+            self.index.touch(key)
+        return self.local.exists(key)
+
     def _closed(self, key: str) -> None:
         if self.index is not None:
             self.index.unpin(key)
