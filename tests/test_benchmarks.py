@@ -27,6 +27,21 @@ def test_single_blob_benchmark_runs_and_reports_cold_and_warm():
     assert "direct from the registry" in done.stdout
 
 
+def test_s3_blob_benchmark_reports_cold_warm_s3_hit_and_redirect():
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.s3_blob", "--size", "4M", "--runs", "1"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=clean_env(),
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr
+    for label in ("cold", "warm \\(local disk\\)", "S3 hit \\(empty local tier\\)", "S3 redirect"):
+        assert re.search(rf"run 1 {label}[^:]*: +\d+ MB/s", done.stdout), (label, done.stdout)
+    assert re.search(r"upload to S3 finished [\d.]+ s after", done.stdout)
+
+
 def test_pull_harness_quick_reports_every_system_and_scenario(tmp_path):
     """`--quick` runs every system through every scenario and says why for any it skipped."""
     out = tmp_path / "quick.json"
