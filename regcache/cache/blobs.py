@@ -107,6 +107,12 @@ class BlobService:
                 if joined is not None:
                     return joined
             shared = await self._store.stat_shared(key) if key is not None else None
+            fill = self._fills.get(key) if key is not None and shared is not None else None
+            if client.method == "GET" and fill is not None and fill.error is None:
+                # Another client started the copy while S3 was asked: share it.
+                joined = await self._join(fill, ref, client)
+                if joined is not None:
+                    return joined
             if shared is not None:
                 assert key is not None
                 if client.method == "HEAD":

@@ -227,6 +227,8 @@ def test_uploads_cut_off_by_a_restart_resume_at_the_next_start(make_regcache, we
     first = make_regcache("-b", bucket, *upstream.upstream_arg(), env=env, cache_dir=cache_dir)
     outage.down()
     pull_image(first, upstream)
+    for digest in upstream.app.blob_digests:  # committed (and queued) just after the last byte
+        stored_blob(cache_dir, digest)
     assert first.stop() == 0
     assert len(list((cache_dir / "uploads").iterdir())) >= len(upstream.app.blob_digests)
 
