@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 import uuid
@@ -137,6 +138,27 @@ def test_a_second_replica_serves_from_s3_with_its_upstream_unreachable(start_s3_
     for digest in upstream.app.blob_digests:
         assert stored_blob(second.cache_dir, digest) == upstream.app.blob(digest)
     assert metrics.get('regcache_s3_uploads_total{result="uploaded"}', 0) == 0
+
+
+def test_concurrent_clients_of_a_blob_only_in_s3_share_one_copy(start_s3_cache, weed, bucket, upstream):
+    first = start_s3_cache()
+    layer = upstream.app.layer_digests[2]
+    data = upstream.app.blob(layer)
+    assert first.blob(upstream.ns, REPO, layer).body == data
+    uploads_done(first, weed, bucket, [layer])
+
+    second = start_s3_cache(upstream_arg=dead_upstream(upstream))
+    results: list[bytes] = []
+    clients = [
+        threading.Thread(target=lambda: results.append(second.blob(upstream.ns, REPO, layer).body)) for _ in range(8)
+    ]
+    for client in clients:
+        client.start()
+    for client in clients:
+        client.join(60)
+    assert results == [data] * 8
+    # One copy from S3, seven readers joined to it (not eight copies racing past each other).
+    assert second.metrics()["regcache_fill_joins_total"] == 7
 
 
 def test_range_requests_are_served_from_s3(start_s3_cache, weed, bucket, upstream):
