@@ -157,6 +157,22 @@ ALL_MANIFEST_TYPES = ", ".join(
 )
 
 
+def read_blob(
+    cache: Regcache, ns: str, repo: str, digest: str, headers: dict[str, str] | None = None, timeout: float = 60.0
+) -> tuple[int, bytes, bool]:
+    """(status, body, complete): complete is False when the connection ended before Content-Length."""
+    conn = http.client.HTTPConnection("127.0.0.1", cache.port, timeout=timeout)
+    try:
+        conn.request("GET", f"/v2/{repo}/blobs/{digest}?ns={urllib.parse.quote(ns)}", headers=headers or {})
+        resp = conn.getresponse()
+        try:
+            return resp.status, resp.read(), True
+        except http.client.IncompleteRead as exc:
+            return resp.status, exc.partial, False
+    finally:
+        conn.close()
+
+
 def blob_path(cache_dir: Path, digest: str) -> Path:
     algorithm, encoded = digest.split(":", 1)
     return cache_dir / "blobs" / algorithm / encoded[:2] / encoded

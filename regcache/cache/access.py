@@ -11,13 +11,13 @@ through repositories it belongs to, so a yes for one repository says nothing abo
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 
 from regcache.cache.context import ClientContext
 from regcache.oci.reference import BlobRef
+from regcache.singleflight import SingleFlight
 from regcache.upstream.client import UpstreamClient, UpstreamRequest, UpstreamResponse
 
 ACCESS_TTL = 60.0
@@ -30,7 +30,7 @@ class AccessCheck:
         self._private = upstream.private_registries
         self._clock = clock
         self._allowed: OrderedDict[tuple[str, ...], float] = OrderedDict()
-        self._pending: dict[tuple[str, ...], asyncio.Future[UpstreamResponse | None]] = {}
+        self._checks: SingleFlight[tuple[str, ...], UpstreamResponse | None] = SingleFlight()
 
     def applies(self, registry: str) -> bool:
         return registry in self._private
@@ -41,12 +41,8 @@ class AccessCheck:
         expires = self._allowed.get(key)
         if expires is not None and expires > self._clock():
             return None
-        pending = self._pending.get(key)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[UpstreamResponse | None] = asyncio.get_running_loop().create_future()
-        self._pending[key] = future
-        try:
+
+        async def check() -> UpstreamResponse | None:
             request = UpstreamRequest(
                 registry=ref.registry,
                 repo=ref.repo,
@@ -55,17 +51,12 @@ class AccessCheck:
                 client_authorization=client.authorization,
             )
             response = await self._upstream.fetch(request)
-            answer = None if 200 <= response.status < 300 else response
-            if answer is None:
-                self._allowed[key] = self._clock() + ACCESS_TTL
-                self._allowed.move_to_end(key)
-                while len(self._allowed) > MAX_REMEMBERED:
-                    self._allowed.popitem(last=False)
-            future.set_result(answer)
-            return answer
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()
-            raise
-        finally:
-            del self._pending[key]
+            if not 200 <= response.status < 300:
+                return response
+            self._allowed[key] = self._clock() + ACCESS_TTL
+            self._allowed.move_to_end(key)
+            while len(self._allowed) > MAX_REMEMBERED:
+                self._allowed.popitem(last=False)
+            return None
+
+        return await self._checks.run(key, check)

@@ -101,19 +101,15 @@ class BlobService:
             if reader is not None:
                 return StoredBlob(reader)
         try:
-            fill = self._fills.get(key) if key is not None else None
-            if client.method == "GET" and fill is not None and fill.error is None:
-                joined = await self._join(fill, ref, client)
-                if joined is not None:
-                    return joined
+            joined = await self._join_in_flight(key, ref, client)
+            if joined is not None:
+                return joined
             shared = await self._store.stat_shared(key) if key is not None else None
-            fill = self._fills.get(key) if key is not None and shared is not None else None
-            if client.method == "GET" and fill is not None and fill.error is None:
-                # Another client started the copy while S3 was asked: share it.
-                joined = await self._join(fill, ref, client)
+            if shared is not None:
+                # Another client may have started the copy while S3 was asked: share it.
+                joined = await self._join_in_flight(key, ref, client)
                 if joined is not None:
                     return joined
-            if shared is not None:
                 assert key is not None
                 if client.method == "HEAD":
                     return SharedBlob(shared.size)
@@ -129,6 +125,13 @@ class BlobService:
             # The cache cannot take it (full disk, unwritable dir): the pull goes on uncached.
             relay = await Relay.start(self._upstream.fetch, self._request(ref, client, "GET"), ref.digest, exc)
             return relay if relay.ok else PassedThrough(relay.response)
+
+    async def _join_in_flight(self, key: str | None, ref: BlobRef, client: ClientContext) -> BlobAnswer | None:
+        """The download of `key` in flight, joined (GET only); None when there is none for us."""
+        fill = self._fills.get(key) if key is not None and client.method == "GET" else None
+        if fill is None or fill.error is not None:
+            return None
+        return await self._join(fill, ref, client)
 
     async def _join(self, fill: Fill, ref: BlobRef, client: ClientContext) -> BlobAnswer | None:
         """Read along with a download in flight; None when its answer was meant for someone else.

@@ -9,7 +9,6 @@ served stale.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
@@ -23,6 +22,7 @@ from regcache.errors import BadRequest, DigestMismatch, ManifestTooLarge, Upstre
 from regcache.oci import mediatypes
 from regcache.oci.digest import Digest
 from regcache.oci.reference import ManifestRef
+from regcache.singleflight import SingleFlight
 from regcache.storage.base import manifest_key, manifest_meta_key, tag_key
 from regcache.storage.tiered import TieredStore
 from regcache.upstream.client import UpstreamClient, UpstreamRequest, UpstreamResponse
@@ -61,7 +61,7 @@ class ManifestService:
         self._store = store
         self._upstream = upstream
         self._policy = policy
-        self._inflight: dict[tuple[object, ...], asyncio.Future[ManifestAnswer]] = {}
+        self._fetches: SingleFlight[tuple[object, ...], ManifestAnswer] = SingleFlight()
         # Hot manifests, verified once: a hit costs a stat instead of two reads and a hash.
         self._hot = HotManifests(HOT_MANIFEST_BYTES)
 
@@ -79,24 +79,13 @@ class ManifestService:
         # Skipped tags and HEADs of what we will not store go upstream as they came.
         method = "GET" if skip is None or client.method == "GET" else "HEAD"
         key = (ref, method, client.accept, client.credential_key(), stale is not None)
-        inflight = self._inflight.get(key)
-        if inflight is not None:
-            return await asyncio.shield(inflight)
-        future: asyncio.Future[ManifestAnswer] = asyncio.get_running_loop().create_future()
-        self._inflight[key] = future
-        try:
+
+        async def fetch() -> ManifestAnswer:
             if stale is None:
-                answer = await self._fetch(ref, client, method, store=skip is None)
-            else:
-                answer = await self._revalidate(ref, client, stale)
-            future.set_result(answer)
-            return answer
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()
-            raise
-        finally:
-            del self._inflight[key]
+                return await self._fetch(ref, client, method, store=skip is None)
+            return await self._revalidate(ref, client, stale)
+
+        return await self._fetches.run(key, fetch)
 
     async def _revalidate(self, ref: ManifestRef, client: ClientContext, stale: Manifest) -> ManifestAnswer:
         """A stored tag past its TTL: a HEAD tells whether it still points where it did.

@@ -51,14 +51,8 @@ class Replicator:
         self._blobs: asyncio.Queue[Upload] = asyncio.Queue()
         self._queued: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
-        self.idle = asyncio.Event()
-        self.idle.set()
         # Called after each finished upload: an unpinned object may now be evicted.
         self.on_done: Callable[[], None] | None = None
-
-    @property
-    def pending(self) -> int:
-        return len(self._queued)
 
     def start(self) -> int:
         """Start the workers and resume the uploads a previous run left; returns how many."""
@@ -100,7 +94,6 @@ class Replicator:
         self._queued.add(upload.key)
         if self._index is not None:
             self._index.pin(upload.key)
-        self.idle.clear()
         metrics.UPLOADS_PENDING.set(len(self._queued))
         (self._blobs if is_blob(upload.key) else self._small).put_nowait(upload)
 
@@ -161,7 +154,5 @@ class Replicator:
         if self._index is not None:
             self._index.unpin(upload.key)
         metrics.UPLOADS_PENDING.set(len(self._queued))
-        if not self._queued:
-            self.idle.set()
         if self.on_done is not None:
             self.on_done()

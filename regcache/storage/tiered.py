@@ -157,15 +157,6 @@ class TieredStore:
         self._added(key, staged.size)
         return True
 
-    async def delete(self, key: str) -> None:
-        try:
-            await self.local.delete(key)
-        except OSError as exc:
-            self._failed("disk", "delete", key, exc)
-        if self.index is not None:
-            self.index.remove(key)
-        await self.delete_shared(key)
-
     async def delete_shared(self, key: str) -> None:
         if self.shared is not None:
             try:

@@ -7,7 +7,6 @@ same scope share one token fetch.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import logging
@@ -19,6 +18,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 from regcache.config import Credentials, CredentialStore
+from regcache.singleflight import SingleFlight
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ class Authenticator:
         self._fetch_token = fetch_token
         self._clock = clock
         self._headers: OrderedDict[tuple[str, str], tuple[str, float]] = OrderedDict()
-        self._pending: dict[tuple[str, str], asyncio.Future[str | None]] = {}
+        self._fetches: SingleFlight[tuple[str, str], str | None] = SingleFlight()
 
     def credentials(self, registry: str, endpoint_host: str, repo: str) -> Credentials | None:
         return self._creds.lookup(registry, endpoint_host, repo)
@@ -121,25 +121,16 @@ class Authenticator:
         if current is not None and current != rejected:
             return current
         self.forget(registry, repo)
-        pending = self._pending.get(key)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
-        self._pending[key] = future
-        try:
+
+        async def fetch() -> str | None:
             header, lifetime = await self._answer(registry, repo, creds, challenge_header)
             if header is not None:
                 self._headers[key] = (header, self._clock() + lifetime)
                 while len(self._headers) > MAX_CACHED_HEADERS:
                     self._headers.popitem(last=False)  # the oldest: repositories are many
-            future.set_result(header)
             return header
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # mark retrieved: other waiters may not exist
-            raise
-        finally:
-            del self._pending[key]
+
+        return await self._fetches.run(key, fetch)
 
     async def _answer(
         self, registry: str, repo: str, creds: Credentials, challenge_header: str

@@ -21,7 +21,7 @@ from tests.fakes import (
     stall_after,
     truncate,
 )
-from tests.support import blob_path, wait_until
+from tests.support import blob_path, read_blob, wait_until
 
 REPO = "fault/app"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -30,20 +30,6 @@ OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 @pytest.fixture
 def faulty_cache(make_regcache, fake):
     return make_regcache(*fake.upstream_arg(), "--upstream-idle-timeout", "2")
-
-
-def read_blob(cache, ns: str, digest: str, headers: dict[str, str] | None = None):
-    """(status, body, complete): complete is False when the connection ended before Content-Length."""
-    conn = http.client.HTTPConnection("127.0.0.1", cache.port, timeout=30)
-    try:
-        conn.request("GET", f"/v2/{REPO}/blobs/{digest}?ns={urllib.parse.quote(ns)}", headers=headers or {})
-        resp = conn.getresponse()
-        try:
-            return resp.status, resp.read(), True
-        except http.client.IncompleteRead as exc:
-            return resp.status, exc.partial, False
-    finally:
-        conn.close()
 
 
 def assert_nothing_stored(cache, digest: str) -> None:
@@ -57,7 +43,7 @@ def test_blob_whose_bytes_do_not_match_its_digest_is_not_stored(faulty_cache, fa
     lie = os.urandom(len(real))
     digest = digest_of(real)
     fake.routes[f"/v2/{REPO}/blobs/{digest}"] = serve(lie)
-    status, body, complete = read_blob(faulty_cache, fake.ns, digest)
+    status, body, complete = read_blob(faulty_cache, fake.ns, REPO, digest, timeout=30)
     assert status == 200
     assert not complete, "the client must see a broken stream, not a complete wrong body"
     assert len(body) < len(lie)
@@ -65,7 +51,7 @@ def test_blob_whose_bytes_do_not_match_its_digest_is_not_stored(faulty_cache, fa
     failures = faulty_cache.metrics()
     assert failures[f'regcache_verification_failures_total{{reason="digest",registry="{fake.ns}"}}'] == 1
     # The next pull goes upstream again rather than serving anything from the failed one.
-    read_blob(faulty_cache, fake.ns, digest)
+    read_blob(faulty_cache, fake.ns, REPO, digest, timeout=30)
     assert fake.count(f"/v2/{REPO}/blobs/{digest}") == 2
 
 
@@ -73,7 +59,7 @@ def test_short_body_is_not_stored(faulty_cache, fake):
     data = os.urandom(1024 * 1024)
     digest = digest_of(data)
     fake.routes[f"/v2/{REPO}/blobs/{digest}"] = truncate(data, keep=300_000)
-    status, body, complete = read_blob(faulty_cache, fake.ns, digest)
+    status, body, complete = read_blob(faulty_cache, fake.ns, REPO, digest, timeout=30)
     assert status == 200 and not complete
     assert body == data[: len(body)] and len(body) < len(data)
     assert_nothing_stored(faulty_cache, digest)
@@ -83,7 +69,7 @@ def test_dropped_connection_mid_body_is_not_stored(faulty_cache, fake):
     data = os.urandom(1024 * 1024)
     digest = digest_of(data)
     fake.routes[f"/v2/{REPO}/blobs/{digest}"] = drop_after(data, keep=500_000)
-    status, body, complete = read_blob(faulty_cache, fake.ns, digest)
+    status, body, complete = read_blob(faulty_cache, fake.ns, REPO, digest, timeout=30)
     assert status == 200 and not complete
     assert_nothing_stored(faulty_cache, digest)
 
@@ -95,7 +81,7 @@ def test_stalled_upstream_is_abandoned_after_the_idle_timeout(faulty_cache, fake
     fake.routes[f"/v2/{REPO}/blobs/{digest}"] = stall_after(data, 200_000, release)
     started = time.monotonic()
     try:
-        status, body, complete = read_blob(faulty_cache, fake.ns, digest)
+        status, body, complete = read_blob(faulty_cache, fake.ns, REPO, digest, timeout=30)
     finally:
         release.set()
     elapsed = time.monotonic() - started
@@ -189,10 +175,10 @@ def test_a_range_of_an_unverified_download_never_completes(faulty_cache, fake):
     corrupt[5000] ^= 0xFF  # one flipped byte in the middle, under the good digest
     digest = digest_of(real)
     fake.routes[f"/v2/{REPO}/blobs/{digest}"] = serve_throttled(bytes(corrupt), seconds=1.5, pieces=30)
-    first = threading.Thread(target=read_blob, args=(faulty_cache, fake.ns, digest), daemon=True)
+    first = threading.Thread(target=read_blob, args=(faulty_cache, fake.ns, REPO, digest, None, 30), daemon=True)
     first.start()
     assert wait_until(lambda: faulty_cache.metrics().get("regcache_fills_in_flight") == 1, timeout=5)
-    status, body, complete = read_blob(faulty_cache, fake.ns, digest, {"Range": "bytes=4990-5009"})
+    status, body, complete = read_blob(faulty_cache, fake.ns, REPO, digest, {"Range": "bytes=4990-5009"}, timeout=30)
     first.join(10)
     assert status == 206
     assert not complete, "a ranged answer of unverified bytes must not look complete"

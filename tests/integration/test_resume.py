@@ -3,32 +3,17 @@ twice) from the byte it reached; its clients see one uninterrupted, verified str
 
 from __future__ import annotations
 
-import http.client
 import os
 import threading
-import urllib.parse
 
 import pytest
 
 from tests.conftest import BIG_REPO, Upstream
 from tests.fakes import CuttingForwarder, digest_of, serve_ranges
-from tests.support import blob_path, stored_blob, wait_until
+from tests.support import blob_path, read_blob, stored_blob, wait_until
 
 REPO = "resume/app"
 SIZE = 6 * 1024 * 1024
-
-
-def read_blob(cache, ns: str, repo: str, digest: str) -> tuple[int, bytes, bool]:
-    conn = http.client.HTTPConnection("127.0.0.1", cache.port, timeout=60)
-    try:
-        conn.request("GET", f"/v2/{repo}/blobs/{digest}?ns={urllib.parse.quote(ns)}")
-        resp = conn.getresponse()
-        try:
-            return resp.status, resp.read(), True
-        except http.client.IncompleteRead as exc:
-            return resp.status, exc.partial, False
-    finally:
-        conn.close()
 
 
 def ranges_asked(fake, path: str) -> list[str | None]:
