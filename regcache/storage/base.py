@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from regcache.oci.digest import Digest
 
@@ -51,8 +51,38 @@ class ObjectInfo:
     size: int
 
 
+class ByteSource(Protocol):
+    """The bytes of one object, pulled by whoever sends or stores them: a stored file, an S3
+    object, an upstream answer, a download in flight, or a verifying wrapper around any of them.
+
+    `chunks(start, end)` yields the bytes of [start, end) (`end` None: to the end) in chunks of
+    up to about 1 MiB, and raises when it cannot deliver them: OSError from a tier (S3's
+    `TierUnavailable` is one), RegcacheError from upstream or verification. Sources that can be
+    read again (a file, S3) allow any number of calls; an upstream answer allows one.
+    `aclose()` releases what the source holds (a descriptor, a pin, a connection); it is safe
+    to call twice.
+    """
+
+    size: int | None
+
+    def chunks(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]: ...
+
+    async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class FileBacked(Protocol):
+    """A source whose bytes are in a local file: the web layer sends it with sendfile."""
+
+    def fileno(self) -> int: ...
+
+    async def readable(self, offset: int, end: int) -> int:
+        """How far past `offset` (up to `end`) the file may be read now; waits for bytes while
+        they are still being written, raises when they never will be."""
+
+
 class ObjectReader(Protocol):
-    """An open stored object. Reads are positional so several clients can share nothing."""
+    """An open stored object (being replaced by ByteSource)."""
 
     size: int
 
@@ -62,7 +92,7 @@ class ObjectReader(Protocol):
 
 
 class StagedObject(Protocol):
-    """A fully written, verified staging file that a tier can make visible under a key."""
+    """A fully written, verified file that a tier can make visible under a key."""
 
     path: str
     size: int
@@ -75,7 +105,7 @@ class Tier(Protocol):
 
     async def stat(self, key: str) -> ObjectInfo | None: ...
 
-    async def open(self, key: str) -> ObjectReader | None:
+    async def open(self, key: str) -> ByteSource | None:
         """The object, or None if it is not there (or vanished since a stat)."""
 
     async def read_small(self, key: str) -> bytes | None: ...
