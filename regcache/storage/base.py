@@ -21,6 +21,10 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from regcache.oci.digest import Digest
+from regcache.oci.mediatypes import OCTET_STREAM
+
+# The most a ByteSource yields at once: 1 MiB chunks beat both 256 KiB and 4 MiB (STYLE.md).
+CHUNK = 1024 * 1024
 
 
 def blob_key(digest: Digest) -> str:
@@ -45,10 +49,35 @@ def tag_key(registry: str, repo: str, tag: str) -> str:
     return f"tags/{registry}/{repo}/{tag}.json"
 
 
+def key_digest(key: str) -> Digest | None:
+    """The digest a content key names (`blobs/sha256/ab/ab…`, `private/<registry>/blobs/…`,
+    `manifests/…`), else None."""
+    parts = key.split("/")[-4:]
+    if len(parts) == 4 and parts[0] in ("blobs", "manifests") and not parts[3].endswith(".json"):
+        digest = Digest(parts[1], parts[3])
+        return digest if digest.verifiable else None
+    return None
+
+
+def content_type(key: str) -> str:
+    """What a tier that records a type (S3) records: JSON for metadata and tags, else bytes."""
+    return "application/json" if key.endswith(".json") else OCTET_STREAM
+
+
+class TierUnavailable(OSError):
+    """A tier did not answer, or answered with an error that is not "no such key"."""
+
+
+class ContentRejected(TierUnavailable):
+    """A tier refused bytes that do not match the checksum sent with them (S3 checks)."""
+
+
 @dataclass(frozen=True)
 class ObjectInfo:
     key: str
     size: int
+    # The digest the tier recorded with the object (S3 metadata); None where it records none.
+    digest: str | None = None
 
 
 class ByteSource(Protocol):
@@ -99,7 +128,8 @@ class StagedObject(Protocol):
 
 
 class Tier(Protocol):
-    """A place that holds objects by key; content is visible only once committed whole."""
+    """A place that holds objects by key; content is visible only once committed whole, and a
+    commit or put replaces what was there atomically (a reader sees the old or the new, whole)."""
 
     name: str
 
@@ -114,8 +144,20 @@ class Tier(Protocol):
         """Atomically store a small object (a manifest, its metadata, a tag pointer)."""
 
     async def commit(self, key: str, staged: StagedObject) -> None:
-        """Make a verified staging file visible under a key, atomically."""
+        """Make a verified staging file visible under a key, atomically. The disk takes the
+        file (a rename); other tiers copy it. FileNotFoundError if it went meanwhile."""
 
-    async def delete(self, key: str) -> None: ...
+    async def delete(self, key: str) -> None:
+        """Remove the object; a missing key is fine."""
 
-    def keys(self, prefix: str) -> AsyncIterator[str]: ...
+    def keys(self, prefix: str) -> AsyncIterator[str]:
+        """Every key under `prefix`, in no particular order."""
+
+
+class SharedTier(Tier, Protocol):
+    """A tier behind the local one that every replica shares (S3): it can give a client a URL
+    of its own, and it holds a client that is closed at shutdown."""
+
+    async def presign(self, key: str, expires: int) -> str: ...
+
+    async def close(self) -> None: ...

@@ -5,34 +5,64 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from regcache.storage.base import ObjectInfo, StagedObject
+from regcache.storage.base import CHUNK, ObjectInfo, StagedObject
 from regcache.storage.staging import STAGING_DIR
 
 
-class FileReader:
-    """A stored file opened for positional reads; `fileno` allows sendfile."""
+class FileSource:
+    """A stored file opened for reading (a ByteSource that is FileBacked, so it can be sendfile'd).
 
-    def __init__(self, fd: int, size: int) -> None:
+    The descriptor keeps the bytes readable after the file is replaced or evicted; a file
+    truncated from outside ends `chunks` with an OSError rather than a short body.
+    """
+
+    def __init__(self, fd: int, size: int, on_close: Callable[[], None] | None = None) -> None:
         self.fd = fd
         self.size = size
-        # Called once when the reader closes (the LRU index unpins the object).
-        self.on_close: Callable[[], None] | None = None
-
-    def read(self, offset: int, length: int) -> bytes:
-        return os.pread(self.fd, length, offset)
+        # Run once when the source closes: the store unpins the object so eviction may take it.
+        self._on_close = on_close
 
     def fileno(self) -> int:
         return self.fd
+
+    async def readable(self, offset: int, end: int) -> int:
+        return end  # a stored file is complete
+
+    async def chunks(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        end = self.size if end is None else end
+        position = start
+        while position < end:
+            chunk = os.pread(self.fd, min(CHUNK, end - position), position)
+            if not chunk:
+                raise OSError(f"the stored file shrank to {position} bytes while {end} were being read")
+            position += len(chunk)
+            yield chunk
+
+    async def aclose(self) -> None:
+        self.close()
+
+    def read(self, offset: int, length: int) -> bytes:
+        """Old positional read (web/handlers.py, until it sends `chunks`)."""
+        return os.pread(self.fd, length, offset)
 
     def close(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
-            if self.on_close is not None:
-                self.on_close()
-                self.on_close = None
+            if self._on_close is not None:
+                self._on_close()
+                self._on_close = None
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    """A committed file seen as a staged one, to copy it to another tier (the replicator)."""
+
+    path: str
+    size: int
 
 
 class DiskTier:
@@ -53,12 +83,21 @@ class DiskTier:
             return None
         return ObjectInfo(key, st.st_size)
 
-    async def open(self, key: str) -> FileReader | None:
+    async def open(self, key: str, on_close: Callable[[], None] | None = None) -> FileSource | None:
+        """The stored file, or None; `on_close` runs once when the source is closed."""
         try:
             fd = os.open(self._path(key), os.O_RDONLY)
         except (FileNotFoundError, NotADirectoryError):
             return None
-        return FileReader(fd, os.fstat(fd).st_size)
+        return FileSource(fd, os.fstat(fd).st_size, on_close)
+
+    def stored(self, key: str) -> StoredFile | None:
+        """The stored file of `key` as something another tier's `commit` can copy; None if absent."""
+        path = self._path(key)
+        try:
+            return StoredFile(str(path), os.stat(path).st_size)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
 
     async def read_small(self, key: str) -> bytes | None:
         try:
@@ -81,6 +120,11 @@ class DiskTier:
         os.replace(staged.path, target)
 
     async def delete(self, key: str) -> None:
+        self.unlink(key)
+
+    def unlink(self, key: str) -> None:
+        """Remove a stored object now (eviction cannot wait); readers that have it open keep
+        their bytes."""
         try:
             os.unlink(self._path(key))
         except FileNotFoundError:
@@ -88,13 +132,6 @@ class DiskTier:
 
     def exists(self, key: str) -> bool:
         return os.path.isfile(self._path(key))
-
-    def unlink(self, key: str) -> None:
-        """Remove a stored object now (eviction); readers that have it open keep their bytes."""
-        try:
-            os.unlink(self._path(key))
-        except FileNotFoundError:
-            pass
 
     async def keys(self, prefix: str) -> AsyncIterator[str]:
         base = self._path(prefix)

@@ -5,7 +5,8 @@ upload leaves a marker file in `uploads/` so that a restart resumes it, and pins
 local index so eviction cannot drop the only copy. Small objects (manifests, their metadata, tag
 pointers) go up one at a time in the order they were written, so a tag never reaches S3 before
 the manifest it points to; blobs go up on their own workers. A failing S3 holds its lane and
-retries with backoff; an object deleted locally meanwhile is dropped.
+retries with backoff; an object deleted locally meanwhile is dropped. S3 checks every upload
+against the digest its key names: a local copy it refuses is deleted, so the next pull refetches.
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ import json
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from regcache import metrics
+from regcache.storage.base import ContentRejected, Tier, TierUnavailable
+from regcache.storage.breaker import CircuitBreaker
+from regcache.storage.disk import DiskTier
 from regcache.storage.local_index import LocalIndex
-from regcache.storage.s3 import BACKOFF_FIRST, BACKOFF_MAX, ContentRejected, S3Tier, TierUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -33,37 +35,34 @@ def is_blob(key: str) -> bool:
     return key.startswith(("blobs/", "private/"))
 
 
-@dataclass(frozen=True)
-class Upload:
-    key: str
-    content_type: str
-    digest: str | None
-
-
 class Replicator:
-    def __init__(self, root: Path, shared: S3Tier, index: LocalIndex | None) -> None:
-        self._root = root
-        self._markers = root / UPLOADS_DIR
+    def __init__(
+        self, local: DiskTier, shared: Tier, index: LocalIndex | None, on_done: Callable[[], None] | None = None
+    ) -> None:
+        self._local = local
+        self._markers = local.root / UPLOADS_DIR
         self._markers.mkdir(parents=True, exist_ok=True)
         self._shared = shared
         self._index = index
-        self._small: asyncio.Queue[Upload] = asyncio.Queue()
-        self._blobs: asyncio.Queue[Upload] = asyncio.Queue()
+        # Called after each finished upload: an unpinned object may now be evicted.
+        self._on_done = on_done
+        self._small: asyncio.Queue[str] = asyncio.Queue()
+        self._blobs: asyncio.Queue[str] = asyncio.Queue()
         self._queued: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
-        # Called after each finished upload: an unpinned object may now be evicted.
-        self.on_done: Callable[[], None] | None = None
 
     def start(self) -> int:
         """Start the workers and resume the uploads a previous run left; returns how many."""
         resumed = 0
         for marker in sorted(self._markers.iterdir(), key=lambda p: p.stat().st_mtime):
             try:
-                upload = Upload(**json.loads(marker.read_text()))
-            except (OSError, ValueError, TypeError):
+                key = json.loads(marker.read_text())["key"]
+            except (OSError, ValueError, TypeError, KeyError):
+                key = None
+            if not isinstance(key, str):
                 marker.unlink(missing_ok=True)
                 continue
-            self._queue(upload)
+            self._queue(key)
             resumed += 1
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._work(self._small)))
@@ -76,83 +75,80 @@ class Replicator:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    def enqueue(self, key: str, content_type: str, digest: str | None) -> None:
-        upload = Upload(key, content_type, digest)
+    def enqueue(self, key: str) -> None:
         marker = self._marker(key)
         try:
             temp = marker.with_suffix(".tmp")
-            temp.write_text(json.dumps(asdict(upload)))
+            temp.write_text(json.dumps({"key": key}))
             os.replace(temp, marker)
         except OSError as exc:
             # Without a marker a restart would forget it; the upload itself can still happen.
             log.warning("cannot record the pending upload of %s: %s", key, exc)
-        self._queue(upload)
+        self._queue(key)
 
-    def _queue(self, upload: Upload) -> None:
-        if upload.key in self._queued:
+    def _queue(self, key: str) -> None:
+        if key in self._queued:
             return
-        self._queued.add(upload.key)
+        self._queued.add(key)
         if self._index is not None:
-            self._index.pin(upload.key)
+            self._index.pin(key)
         metrics.UPLOADS_PENDING.set(len(self._queued))
-        (self._blobs if is_blob(upload.key) else self._small).put_nowait(upload)
+        (self._blobs if is_blob(key) else self._small).put_nowait(key)
 
     def _marker(self, key: str) -> Path:
         return self._markers / hashlib.sha256(key.encode()).hexdigest()
 
-    async def _work(self, queue: asyncio.Queue[Upload]) -> None:
+    async def _work(self, queue: asyncio.Queue[str]) -> None:
+        backoff = CircuitBreaker()
         while True:
-            upload = await queue.get()
-            backoff = BACKOFF_FIRST
+            key = await queue.get()
             while True:
                 try:
-                    result = await self._upload(upload)
+                    result = await self._upload(key)
                     break
                 except ContentRejected as exc:
                     # The local copy no longer hashes to its key (S3 checked): drop it, so the
                     # next pull fetches the object again.
-                    log.warning("S3 refused %s (%s); removing the local copy", upload.key, exc)
-                    (self._root / upload.key).unlink(missing_ok=True)
+                    log.warning("S3 refused %s (%s); removing the local copy", key, exc)
+                    await self._local.delete(key)
                     if self._index is not None:
-                        self._index.remove(upload.key)
+                        self._index.remove(key)
                     result = "rejected"
                     break
                 except TierUnavailable:
                     # Counted and logged (once per burst) by the tier; hold the lane and retry.
-                    await asyncio.sleep(max(backoff, 0.1))
-                    backoff = min(backoff * 2, BACKOFF_MAX)
+                    await asyncio.sleep(backoff.failed())
                 except asyncio.CancelledError:
                     raise
                 except Exception:  # a task boundary: log, count, drop this one, keep the lane
-                    log.exception("upload of %s to S3 failed", upload.key)
+                    log.exception("upload of %s to S3 failed", key)
                     result = "error"
                     break
+            backoff.succeeded()
             metrics.UPLOADS.labels(result).inc()
-            self._done(upload)
+            self._done(key)
 
-    async def _upload(self, upload: Upload) -> str:
-        path = self._root / upload.key
-        try:
-            size = os.stat(path).st_size
-        except FileNotFoundError:
+    async def _upload(self, key: str) -> str:
+        stored = self._local.stored(key)
+        if stored is None:
             return "vanished"
-        if is_blob(upload.key):
+        if is_blob(key):
             # Another replica may have put it there already: S3 keys name their content.
-            there = await self._shared.stat(upload.key)
-            if there is not None and there.size == size:
+            there = await self._shared.stat(key)
+            if there is not None and there.size == stored.size:
                 return "present"
         try:
-            await self._shared.upload_file(upload.key, str(path), size, upload.content_type, upload.digest)
+            await self._shared.commit(key, stored)
         except FileNotFoundError:
             return "vanished"
-        log.debug("uploaded %s (%d bytes) to S3", upload.key, size)
+        log.debug("uploaded %s (%d bytes) to S3", key, stored.size)
         return "uploaded"
 
-    def _done(self, upload: Upload) -> None:
-        self._marker(upload.key).unlink(missing_ok=True)
-        self._queued.discard(upload.key)
+    def _done(self, key: str) -> None:
+        self._marker(key).unlink(missing_ok=True)
+        self._queued.discard(key)
         if self._index is not None:
-            self._index.unpin(upload.key)
+            self._index.unpin(key)
         metrics.UPLOADS_PENDING.set(len(self._queued))
-        if self.on_done is not None:
-            self.on_done()
+        if self._on_done is not None:
+            self._on_done()

@@ -15,66 +15,42 @@ echoes the checksum is switched to `Content-MD5`, which every S3 implementation 
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
 import logging
-import math
 import os
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from regcache import metrics
 from regcache.errors import ConfigError
+from regcache.storage.base import (
+    CHUNK,
+    ContentRejected,
+    ObjectInfo,
+    StagedObject,
+    TierUnavailable,
+    content_type,
+    key_digest,
+)
+from regcache.storage.breaker import CircuitBreaker
+from regcache.storage.multipart import (
+    MIN_PART_SIZE,
+    WRITE_TIMEOUT,
+    ChecksumIgnored,
+    MultipartUpload,
+    checksum,
+    confirm,
+    read_range,
+)
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# Objects up to this size go up in one PUT; larger ones in parts of at least this size.
-MIN_PART_SIZE = 16 * 1024 * 1024
-MAX_PARTS = 10_000
-PARALLEL_PARTS = 3
 # A lookup that takes longer than this is treated as a failure: the pull goes upstream instead.
 LOOKUP_TIMEOUT = 5.0
-# One PUT of at most a part's size, or a completion: a store that accepts the connection and
-# then never answers must not hold an upload lane forever.
-WRITE_TIMEOUT = 120.0
-BACKOFF_FIRST = 2.0
-BACKOFF_MAX = 60.0
-READ_CHUNK = 1024 * 1024
 _MISSING = frozenset(("404", "NoSuchKey", "NotFound"))
-
-
-class TierUnavailable(OSError):
-    """S3 did not answer, or answered with an error that is not "no such key"."""
-
-
-class ContentRejected(TierUnavailable):
-    """S3 refused an upload because its bytes do not match the checksum sent with them."""
-
-
 _REJECTED = frozenset(("BadDigest", "InvalidDigest", "XAmzContentChecksumMismatch", "XAmzContentSHA256Mismatch"))
-
-
-@dataclass(frozen=True)
-class S3Object:
-    key: str
-    size: int
-    content_type: str
-    digest: str | None
-
-
-def part_size(size: int) -> int:
-    """16 MiB parts (a few in memory at once) unless S3's 10,000-part limit needs larger ones."""
-    mib = 1024 * 1024
-    return max(MIN_PART_SIZE, math.ceil(size / (MAX_PARTS - 1) / mib) * mib)
-
-
-def _b64(raw: bytes) -> str:
-    return base64.b64encode(raw).decode()
 
 
 def _error_code(exc: BaseException) -> str:
@@ -92,6 +68,24 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+class S3Source:
+    """An S3 object's bytes: each `chunks` call is one ranged GET, so a range costs only itself."""
+
+    def __init__(self, tier: S3Tier, key: str, size: int) -> None:
+        self._tier = tier
+        self._key = key
+        self.size = size
+
+    async def chunks(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        end = self.size if end is None else end
+        if start < end:
+            async for chunk in self._tier.get_range(self._key, start, end):
+                yield chunk
+
+    async def aclose(self) -> None:
+        pass  # each `chunks` call closes its own answer
+
+
 class S3Tier:
     name = "s3"
 
@@ -99,12 +93,11 @@ class S3Tier:
         self.bucket = bucket
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self.endpoint = "(AWS default)"
+        self.breaker = CircuitBreaker()
         self._client: Any = None
         self._stack = AsyncExitStack()
-        self._down_until = 0.0
-        self._backoff = BACKOFF_FIRST
-        self._failing = False
-        self._checksum = "sha256"
+        # Until the store shows that it ignores ChecksumSHA256; then Content-MD5.
+        self._sha256 = True
 
     # --- life cycle ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -146,23 +139,16 @@ class S3Tier:
         except Exception as exc:  # noqa: BLE001 - every failure is reported the same way
             raise ConfigError(f"S3 bucket {self.bucket!r} at {self.endpoint}: {_describe(exc)}") from None
 
-    # --- the breaker --------------------------------------------------------------------------
-    @property
-    def available(self) -> bool:
-        return time.monotonic() >= self._down_until
-
+    # --- the one way in -----------------------------------------------------------------------
     async def _call(
         self, op: str, call: Callable[[], Awaitable[T]], timeout: float | None = None, missing_ok: bool = False
     ) -> T:
         """Run one S3 call; FileNotFoundError for "no such key" where `missing_ok` (reads),
         TierUnavailable for every other failure (a write answered 404 is a failure too)."""
-        if not self.available:
+        if not self.breaker.available:
             raise TierUnavailable(f"S3 {op}: skipped, the bucket failed moments ago")
         try:
-            if timeout is None:
-                result = await call()
-            else:
-                result = await asyncio.wait_for(call(), timeout)
+            result = await (call() if timeout is None else asyncio.wait_for(call(), timeout))
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - translated here, where foreign errors enter
@@ -180,30 +166,27 @@ class S3Tier:
 
     def _failed(self, op: str, exc: BaseException) -> None:
         metrics.TIER_ERRORS.labels(self.name, op).inc()
-        self._down_until = time.monotonic() + self._backoff
-        if not self._failing:
+        first = not self.breaker.failing
+        backoff = self.breaker.failed()
+        if first:
             log.warning(
                 "S3 bucket %s at %s: %s failed (%s); serving from local disk and upstream, retrying in %.0fs",
                 self.bucket,
                 self.endpoint,
                 op,
                 _describe(exc) or "timed out",
-                self._backoff,
+                backoff,
             )
-        self._failing = True
-        self._backoff = min(self._backoff * 2, BACKOFF_MAX)
 
     def _succeeded(self) -> None:
-        if self._failing:
+        if self.breaker.succeeded():
             log.info("S3 bucket %s answers again", self.bucket)
-        self._failing = False
-        self._backoff = BACKOFF_FIRST
 
     def _key(self, key: str) -> str:
         return self.prefix + key
 
     # --- reads --------------------------------------------------------------------------------
-    async def stat(self, key: str) -> S3Object | None:
+    async def stat(self, key: str) -> ObjectInfo | None:
         try:
             head = await self._call(
                 "head",
@@ -213,13 +196,42 @@ class S3Tier:
             )
         except FileNotFoundError:
             return None
-        meta = head.get("Metadata") or {}
-        return S3Object(
-            key=key,
-            size=int(head["ContentLength"]),
-            content_type=str(head.get("ContentType") or "application/octet-stream"),
-            digest=meta.get("digest"),
+        return ObjectInfo(key, int(head["ContentLength"]), (head.get("Metadata") or {}).get("digest"))
+
+    async def open(self, key: str) -> S3Source | None:
+        found = await self.stat(key)
+        return None if found is None else S3Source(self, key, found.size)
+
+    async def open_stream(self, key: str) -> tuple[ObjectInfo, AsyncIterator[bytes]] | None:
+        """Old form of `open` (cache/blobs.py, until it reads a ByteSource)."""
+        source = await self.open(key)
+        return None if source is None else (ObjectInfo(key, source.size), source.chunks())
+
+    async def get_range(self, key: str, start: int, end: int) -> AsyncIterator[bytes]:
+        """Bytes [start, end) of the object in chunks; TierUnavailable when S3 cannot deliver
+        all of them (a dropped stream, an answer of another length), FileNotFoundError if gone."""
+        answer = await self._call(
+            "get",
+            lambda: self._client.get_object(Bucket=self.bucket, Key=self._key(key), Range=f"bytes={start}-{end - 1}"),
+            LOOKUP_TIMEOUT,
+            missing_ok=True,
         )
+        async with answer["Body"] as body:
+            if int(answer["ContentLength"]) != end - start:
+                raise TierUnavailable(f"S3 get: asked for {end - start} bytes of {key}, got {answer['ContentLength']}")
+            position = start
+            while position < end:
+                try:
+                    chunk = await body.read(min(CHUNK, end - position))
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - a dropped S3 stream, translated
+                    self._failed("get", exc)
+                    raise TierUnavailable(f"S3 get: {_describe(exc)}") from None
+                if not chunk:
+                    raise TierUnavailable(f"S3 get: {key} broke off at byte {position} of {end}")
+                position += len(chunk)
+                yield chunk
 
     async def read_small(self, key: str) -> bytes | None:
         async def get() -> bytes:
@@ -232,49 +244,20 @@ class S3Tier:
         except FileNotFoundError:
             return None
 
-    async def open_stream(self, key: str) -> tuple[S3Object, AsyncIterator[bytes]] | None:
-        """The object's size and type, and its bytes in chunks; None if it is not there."""
-        try:
-            answer = await self._call(
-                "get",
-                lambda: self._client.get_object(Bucket=self.bucket, Key=self._key(key)),
-                LOOKUP_TIMEOUT,
-                missing_ok=True,
-            )
-        except FileNotFoundError:
-            return None
-        info = S3Object(
-            key=key,
-            size=int(answer["ContentLength"]),
-            content_type=str(answer.get("ContentType") or "application/octet-stream"),
-            digest=(answer.get("Metadata") or {}).get("digest"),
-        )
-        return info, self._chunks(answer["Body"])
-
-    async def _chunks(self, body: Any) -> AsyncIterator[bytes]:
-        async with body:
-            while True:
-                try:
-                    chunk = await body.read(READ_CHUNK)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:  # noqa: BLE001 - a dropped S3 stream, translated
-                    self._failed("get", exc)
-                    raise TierUnavailable(f"S3 get: {_describe(exc)}") from None
-                if not chunk:
-                    return
-                yield chunk
-
     async def presign(self, key: str, expires: int) -> str:
         return await self._client.generate_presigned_url(
             "get_object", Params={"Bucket": self.bucket, "Key": self._key(key)}, ExpiresIn=expires
         )
 
     async def keys(self, prefix: str) -> AsyncIterator[str]:
-        paginator = self._client.get_paginator("list_objects_v2")
-        async for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(prefix)):
+        query = {"Bucket": self.bucket, "Prefix": self._key(prefix)}
+        while True:
+            page = await self._call("list", lambda: self._client.list_objects_v2(**query), LOOKUP_TIMEOUT)
             for item in page.get("Contents", []):
                 yield item["Key"][len(self.prefix) :]
+            if not page.get("IsTruncated"):
+                return
+            query["ContinuationToken"] = page["NextContinuationToken"]
 
     # --- writes -------------------------------------------------------------------------------
     async def delete(self, key: str) -> None:
@@ -285,125 +268,53 @@ class S3Tier:
         except FileNotFoundError:
             pass
 
-    async def put_small(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
-        await self._put(key, data, content_type, {}, hashlib.sha256(data).digest())
+    async def put_small(self, key: str, data: bytes) -> None:
+        await self._put(key, data, {}, None)
 
-    async def upload_file(self, key: str, path: str, size: int, content_type: str, digest: str | None) -> None:
-        """Upload a committed local file under `key`: visible only once complete."""
-        meta = {"digest": digest} if digest else {}
-        if size <= MIN_PART_SIZE:
-            data = await asyncio.to_thread(_read_range, path, 0, size)
-            if len(data) != size:
-                raise FileNotFoundError(path)
-            sha = bytes.fromhex(digest.split(":", 1)[1]) if digest and digest.startswith("sha256:") else None
-            await self._put(key, data, content_type, meta, sha or hashlib.sha256(data).digest())
-            return
-        await self._multipart(key, path, size, content_type, meta)
-
-    async def _put(self, key: str, data: bytes, content_type: str, meta: dict[str, str], sha: bytes) -> None:
-        while True:
-            checksum = self._checksum
-            extra = (
-                {"ChecksumSHA256": _b64(sha)}
-                if checksum == "sha256"
-                else {"ContentMD5": _b64(hashlib.md5(data, usedforsecurity=False).digest())}
+    async def commit(self, key: str, staged: StagedObject) -> None:
+        """Upload a verified file under `key`: visible only once whole. The digest the key names
+        is recorded as metadata and, for a single PUT, sent as the checksum S3 must verify."""
+        digest = key_digest(key)
+        meta = {"digest": str(digest)} if digest else {}
+        if staged.size > MIN_PART_SIZE:
+            await self._checked(
+                lambda sha256: MultipartUpload(self._call, self._client, self.bucket, self._key(key), sha256).send_file(
+                    staged.path, staged.size, content_type(key), meta
+                )
             )
+            return
+        data = await asyncio.to_thread(read_range, staged.path, 0, staged.size)
+        known = bytes.fromhex(digest.encoded) if digest is not None and digest.algorithm == "sha256" else None
+        await self._put(key, data, meta, known)
+
+    async def _put(self, key: str, data: bytes, meta: dict[str, str], known: bytes | None) -> None:
+        async def put(sha256: bool) -> None:
+            sent = checksum(data, sha256, known)
             answer = await self._call(
                 "put",
-                lambda extra=extra: self._client.put_object(
-                    Bucket=self.bucket, Key=self._key(key), Body=data, ContentType=content_type, Metadata=meta, **extra
+                lambda: self._client.put_object(
+                    Bucket=self.bucket,
+                    Key=self._key(key),
+                    Body=data,
+                    ContentType=content_type(key),
+                    Metadata=meta,
+                    **sent,
                 ),
                 WRITE_TIMEOUT,
             )
-            if checksum == "sha256" and not answer.get("ChecksumSHA256"):
-                self._no_sha256_support()
-                continue  # the store did not check it: upload again with a check it does
-            return
+            confirm(sent, answer)
 
-    def _no_sha256_support(self) -> None:
-        if self._checksum == "sha256":
-            log.info("S3 at %s does not verify ChecksumSHA256; uploads use Content-MD5", self.endpoint)
-        self._checksum = "md5"
+        await self._checked(put)
 
-    async def _multipart(self, key: str, path: str, size: int, content_type: str, meta: dict[str, str]) -> None:
-        chunk = part_size(size)
-        count = math.ceil(size / chunk)
-        use_sha = self._checksum == "sha256"
-        create = await self._call(
-            "upload",
-            lambda: self._client.create_multipart_upload(
-                Bucket=self.bucket,
-                Key=self._key(key),
-                ContentType=content_type,
-                Metadata=meta,
-                **({"ChecksumAlgorithm": "SHA256"} if use_sha else {}),
-            ),
-            WRITE_TIMEOUT,
-        )
-        upload_id = create["UploadId"]
-        parts: list[dict[str, Any] | None] = [None] * count
-        slots = asyncio.Semaphore(PARALLEL_PARTS)
-
-        async def send(number: int) -> None:
-            async with slots:
-                offset = (number - 1) * chunk
-                length = min(chunk, size - offset)
-                data = await asyncio.to_thread(_read_range, path, offset, length)
-                if len(data) != length:
-                    raise FileNotFoundError(path)
-                if use_sha:
-                    check = {"ChecksumSHA256": _b64(await asyncio.to_thread(lambda: hashlib.sha256(data).digest()))}
-                else:
-                    check = {"ContentMD5": _b64(hashlib.md5(data, usedforsecurity=False).digest())}
-                answer = await self._call(
-                    "upload",
-                    lambda: self._client.upload_part(
-                        Bucket=self.bucket,
-                        Key=self._key(key),
-                        UploadId=upload_id,
-                        PartNumber=number,
-                        Body=data,
-                        **check,
-                    ),
-                    WRITE_TIMEOUT,
-                )
-                part: dict[str, Any] = {"PartNumber": number, "ETag": answer["ETag"]}
-                if use_sha:
-                    if not answer.get("ChecksumSHA256"):
-                        self._no_sha256_support()
-                        raise TierUnavailable("S3 upload: the store did not verify the part's checksum")
-                    part["ChecksumSHA256"] = answer["ChecksumSHA256"]
-                parts[number - 1] = part
-
-        try:
+    async def _checked(self, upload: Callable[[bool], Awaitable[None]]) -> None:
+        """Run an upload that S3 checks by SHA-256 (`upload(True)`); once the store turns out to
+        ignore that, every upload (this one again, too) goes with Content-MD5 (`upload(False)`)."""
+        if self._sha256:
             try:
-                # A failed part cancels the others at once.
-                async with asyncio.TaskGroup() as group:
-                    for number in range(1, count + 1):
-                        group.create_task(send(number))
-            except BaseExceptionGroup as failed:
-                raise failed.exceptions[0] from None
-            await self._call(
-                "upload",
-                lambda: self._client.complete_multipart_upload(
-                    Bucket=self.bucket, Key=self._key(key), UploadId=upload_id, MultipartUpload={"Parts": parts}
-                ),
-                WRITE_TIMEOUT,
-            )
-        except BaseException:
-            # Never leave parts behind (they cost storage and are invisible to listings).
-            try:
-                await asyncio.shield(
-                    self._client.abort_multipart_upload(Bucket=self.bucket, Key=self._key(key), UploadId=upload_id)
-                )
-            except Exception as exc:  # noqa: BLE001 - best effort; the bucket's lifecycle rule is the backstop
-                log.warning("S3 abort of the upload of %s failed: %s", key, _describe(exc))
-            raise
-
-
-def _read_range(path: str, offset: int, length: int) -> bytes:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        return os.pread(fd, length, offset)
-    finally:
-        os.close(fd)
+                await upload(True)
+                return
+            except ChecksumIgnored:
+                if self._sha256:
+                    log.info("S3 at %s does not verify ChecksumSHA256; uploads use Content-MD5", self.endpoint)
+                self._sha256 = False
+        await upload(False)

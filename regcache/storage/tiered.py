@@ -6,6 +6,9 @@ up a pull. Reads look at the disk first; small objects found only in S3 are veri
 back to the disk; blobs found only in S3 are streamed through a fill by the blob service (which
 verifies and stores them locally on the way). The local tier may be bounded: past its limit the
 least recently used objects are evicted, never one being read or not yet in S3.
+
+A shared tier that fails answers "not there" here (None, False): the pull goes upstream; the
+tier counts and logs its own failures.
 """
 
 from __future__ import annotations
@@ -14,59 +17,53 @@ import logging
 
 from regcache import metrics
 from regcache.oci.digest import Digest
-from regcache.storage.base import StagedObject
-from regcache.storage.disk import DiskTier, FileReader
+from regcache.storage.base import ByteSource, ObjectInfo, SharedTier, StagedObject, key_digest
+from regcache.storage.disk import DiskTier, FileSource
 from regcache.storage.local_index import LocalIndex
 from regcache.storage.replicator import Replicator
-from regcache.storage.s3 import S3Object, S3Tier
 
 log = logging.getLogger(__name__)
 
-OCTET_STREAM = "application/octet-stream"
-
-
-def key_digest(key: str) -> Digest | None:
-    """The digest a content key names (`blobs/sha256/ab/ab…`, `private/<registry>/blobs/…`,
-    `manifests/…`), else None."""
-    parts = key.split("/")[-4:]
-    if len(parts) == 4 and parts[0] in ("blobs", "manifests") and not parts[3].endswith(".json"):
-        digest = Digest(parts[1], parts[3])
-        return digest if digest.verifiable else None
-    return None
-
-
-def _content_type(key: str) -> str:
-    return "application/json" if key.endswith(".json") else OCTET_STREAM
-
 
 class TieredStore:
-    def __init__(
-        self,
-        local: DiskTier,
-        shared: S3Tier | None = None,
-        index: LocalIndex | None = None,
-        replicator: Replicator | None = None,
-    ) -> None:
+    def __init__(self, local: DiskTier, shared: SharedTier | None = None, index: LocalIndex | None = None) -> None:
         self.local = local
+        # Old callers (cache/blobs.py) still reach the shared tier here; use has_shared,
+        # open_shared and presign.
         self.shared = shared
         self.index = index
-        self.replicator = replicator
-        if replicator is not None:
-            replicator.on_done = self.evict
+        self.replicator = Replicator(local, shared, index, on_done=self.evict) if shared is not None else None
+
+    def start(self) -> int:
+        """Start replicating (resuming what a previous run left) and get under the local limit;
+        returns how many uploads were resumed. Needs the running event loop."""
+        resumed = self.replicator.start() if self.replicator is not None else 0
+        self.evict()  # after the resumed uploads pinned their objects
+        return resumed
+
+    async def close(self) -> None:
+        """Stop replicating (pending uploads resume at the next start) and close the shared tier."""
+        if self.replicator is not None:
+            await self.replicator.close()
+        if self.shared is not None:
+            await self.shared.close()
+
+    @property
+    def has_shared(self) -> bool:
+        return self.shared is not None
 
     # --- reads --------------------------------------------------------------------------------
-    async def open(self, key: str) -> FileReader | None:
-        """The object from the local tier, pinned against eviction until the reader closes."""
+    async def open(self, key: str) -> FileSource | None:
+        """The object from the local tier, pinned against eviction until the source closes."""
         try:
-            reader = await self.local.open(key)
+            source = await self.local.open(key, on_close=lambda: self._closed(key))
         except OSError as exc:
             self._failed("disk", "open", key, exc)
             return None
-        if reader is not None and self.index is not None:
+        if source is not None and self.index is not None:
             self.index.touch(key)
             self.index.pin(key)
-            reader.on_close = lambda: self._closed(key)
-        return reader
+        return source
 
     def exists_locally(self, key: str) -> bool:
         if self.index is not None:
@@ -78,23 +75,36 @@ class TieredStore:
             self.index.unpin(key)
             self.evict()
 
-    async def stat_shared(self, key: str) -> S3Object | None:
+    async def stat_shared(self, key: str) -> ObjectInfo | None:
         """An object S3 holds, if its recorded digest agrees with its key (else it is deleted)."""
-        if self.shared is None or not self.shared.available:
+        if self.shared is None:
             return None
         try:
             found = await self.shared.stat(key)
         except OSError:
-            return None  # counted and logged by the tier
+            return None
         if found is None:
             return None
         expected = key_digest(key)
         if expected is not None and found.digest is not None and found.digest != str(expected):
-            log.warning("S3 object %s records digest %s; ignored and deleted", key, found.digest)
-            metrics.VERIFICATION_FAILURES.labels("s3", "digest").inc()
-            await self.delete_shared(key)
+            await self._discard_shared(key, f"records digest {found.digest}")
             return None
         return found
+
+    async def open_shared(self, key: str) -> ByteSource | None:
+        """The object from the shared tier, unverified (the reader verifies what it copies)."""
+        if self.shared is None:
+            return None
+        try:
+            return await self.shared.open(key)
+        except OSError:
+            return None
+
+    async def presign(self, key: str, expires: int) -> str:
+        """A URL a client can fetch the shared object from without us; raises without a shared tier."""
+        if self.shared is None:
+            raise LookupError(f"no shared tier to presign {key} in")
+        return await self.shared.presign(key, expires)
 
     async def read_small(self, key: str) -> bytes | None:
         try:
@@ -106,7 +116,7 @@ class TieredStore:
             if self.index is not None:
                 self.index.touch(key)
             return data
-        if self.shared is None or not self.shared.available:
+        if self.shared is None:
             return None
         try:
             data = await self.shared.read_small(key)
@@ -116,9 +126,7 @@ class TieredStore:
             return None
         expected = key_digest(key)
         if expected is not None and Digest.of(data) != expected:
-            log.warning("S3 object %s does not hash to its key; ignored and deleted", key)
-            metrics.VERIFICATION_FAILURES.labels("s3", "digest").inc()
-            await self.delete_shared(key)
+            await self._discard_shared(key, "does not hash to its key")
             return None
         await self._put_local(key, data)  # the next read is local
         return data
@@ -129,8 +137,7 @@ class TieredStore:
         if not await self._put_local(key, data):
             return False
         if self.replicator is not None:
-            digest = key_digest(key)
-            self.replicator.enqueue(key, _content_type(key), str(digest) if digest else None)
+            self.replicator.enqueue(key)
         return True
 
     async def _put_local(self, key: str, data: bytes) -> bool:
@@ -145,7 +152,8 @@ class TieredStore:
     async def commit(self, key: str, staged: StagedObject, digest: str | None = None, replicate: bool = True) -> bool:
         """Make a verified staging file visible locally; then (S3 mode) queue its upload.
 
-        `replicate=False` for objects that came from S3 in the first place.
+        `replicate=False` for objects that came from S3 in the first place. `digest` is
+        accepted for the callers' sake: S3 records the one the key names.
         """
         try:
             await self.local.commit(key, staged)
@@ -153,7 +161,7 @@ class TieredStore:
             self._failed("disk", "commit", key, exc)
             return False
         if self.replicator is not None and replicate:
-            self.replicator.enqueue(key, OCTET_STREAM, digest)
+            self.replicator.enqueue(key)
         self._added(key, staged.size)
         return True
 
@@ -163,6 +171,12 @@ class TieredStore:
                 await self.shared.delete(key)
             except OSError:
                 pass  # counted and logged by the tier
+
+    async def _discard_shared(self, key: str, why: str) -> None:
+        """A shared object that is not what its key names: deleted, so the next pull refetches it."""
+        log.warning("S3 object %s %s; ignored and deleted", key, why)
+        metrics.VERIFICATION_FAILURES.labels("s3", "digest").inc()
+        await self.delete_shared(key)
 
     def _added(self, key: str, size: int) -> None:
         if self.index is None:

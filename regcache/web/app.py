@@ -18,7 +18,6 @@ from regcache.config import Settings
 from regcache.errors import ConfigError
 from regcache.storage.disk import DiskTier
 from regcache.storage.local_index import LocalIndex
-from regcache.storage.replicator import Replicator
 from regcache.storage.s3 import S3Tier
 from regcache.storage.staging import clear_staging
 from regcache.storage.tiered import TieredStore
@@ -100,35 +99,30 @@ async def open_store(settings: Settings) -> TieredStore:
         index = LocalIndex(settings.local_cache_size)
         index.load(root)
         log.info("local tier: %d objects, %.1f of %.1f GiB", len(index), index.total / 2**30, index.limit / 2**30)
-    if settings.bucket is None:
-        return TieredStore(disk, index=index)
-    shared = S3Tier(settings.bucket, settings.s3_prefix)
-    await shared.start()
-    try:
-        await shared.check()
-    except ConfigError:
-        await shared.close()
-        raise
-    replicator = Replicator(root, shared, index)
-    resumed = replicator.start()
-    log.info(
-        "S3 tier: bucket %s%s at %s%s",
-        settings.bucket,
-        f" prefix {shared.prefix}" if shared.prefix else "",
-        shared.endpoint,
-        f"; resuming {resumed} uploads" if resumed else "",
-    )
-    store = TieredStore(disk, shared, index, replicator)
-    if index is not None:
-        store.evict()
+    shared = None
+    if settings.bucket is not None:
+        shared = S3Tier(settings.bucket, settings.s3_prefix)
+        await shared.start()
+        try:
+            await shared.check()
+        except ConfigError:
+            await shared.close()
+            raise
+    store = TieredStore(disk, shared, index)
+    resumed = store.start()
+    if shared is not None:
+        log.info(
+            "S3 tier: bucket %s%s at %s%s",
+            shared.bucket,
+            f" prefix {shared.prefix}" if shared.prefix else "",
+            shared.endpoint,
+            f"; resuming {resumed} uploads" if resumed else "",
+        )
     return store
 
 
 async def close_store(store: TieredStore) -> None:
-    if store.replicator is not None:
-        await store.replicator.close()
-    if store.shared is not None:
-        await store.shared.close()
+    await store.close()
 
 
 async def serve(settings: Settings, ready: asyncio.Future[int] | None = None) -> None:
