@@ -26,6 +26,22 @@ class FileReader:
     def fileno(self) -> int:
         return self.fd
 
+    async def readable(self, offset: int, end: int) -> int:
+        return end
+
+    async def chunks(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        end = self.size if end is None else end
+        position = start
+        while position < end:
+            chunk = os.pread(self.fd, min(1 << 20, end - position), position)
+            if not chunk:
+                raise OSError(f"the stored file shrank under its reader at byte {position}")
+            position += len(chunk)
+            yield chunk
+
+    async def aclose(self) -> None:
+        self.close()
+
     def close(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)

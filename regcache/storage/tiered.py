@@ -11,6 +11,7 @@ least recently used objects are evicted, never one being read or not yet in S3.
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
 
 from regcache import metrics
 from regcache.oci.digest import Digest
@@ -77,6 +78,25 @@ class TieredStore:
         if self.index is not None:
             self.index.unpin(key)
             self.evict()
+
+    @property
+    def has_shared(self) -> bool:
+        return self.shared is not None
+
+    async def presign(self, key: str, expires: int) -> str:
+        assert self.shared is not None
+        return await self.shared.presign(key, expires)
+
+    async def open_shared(self, key: str) -> _S3Source | None:
+        if self.shared is None:
+            return None
+        try:
+            opened = await self.shared.open_stream(key)
+        except OSError:
+            return None
+        if opened is None:
+            return None
+        return _S3Source(opened[0].size, opened[1])
 
     async def stat_shared(self, key: str) -> S3Object | None:
         """An object S3 holds, if its recorded digest agrees with its key (else it is deleted)."""
@@ -187,3 +207,25 @@ class TieredStore:
     def _failed(tier: str, op: str, key: str, exc: OSError) -> None:
         metrics.TIER_ERRORS.labels(tier, op).inc()
         log.warning("storage %s: %s %s failed: %s", tier, op, key, exc)
+
+
+class _S3Source:
+    """Temporary: one read from the start (the tiers branch brings ranged reads)."""
+
+    def __init__(self, size: int, chunks: AsyncIterator[bytes]) -> None:
+        self.size = size
+        self._chunks = chunks
+
+    async def chunks(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        skip = start
+        async for chunk in self._chunks:
+            if skip:
+                dropped = min(skip, len(chunk))
+                skip -= dropped
+                chunk = chunk[dropped:]
+                if not chunk:
+                    continue
+            yield chunk
+
+    async def aclose(self) -> None:
+        pass
