@@ -30,13 +30,15 @@ class VerifyingSource:
             raise ValueError("a verifying source is read whole")
         sha = hashlib.sha256()
         received = 0
-        held = b""  # the latest chunk, sent once the next one (or the verdict) is in
+        held = b""  # the last byte so far, sent with the next chunk (or after the verdict)
         async for chunk in self._source.chunks():
+            if not chunk:
+                continue
             sha.update(chunk)
             received += len(chunk)
-            if held:
-                yield held
-            held = chunk
+            out, held = held + chunk[:-1], chunk[-1:]
+            if out:
+                yield out
         label = metrics.registry_label(self._registry)
         if self.size is not None and received != self.size:
             metrics.VERIFICATION_FAILURES.labels(label, "size").inc()
