@@ -66,3 +66,8 @@ class ManifestTooLarge(RegcacheError):
 
 class StorageError(RegcacheError):
     """A tier failed to read or write; pulls go on without it."""
+
+
+class Overloaded(RegcacheError):
+    """More downloads, or more readers of one, than the limits allow: the client should get the
+    object from the registry itself (503), not wait for the cache."""

@@ -17,6 +17,7 @@ from regcache.cache.policy import Policy
 from regcache.config import Settings
 from regcache.errors import ConfigError
 from regcache.storage.disk import DiskTier
+from regcache.storage.health import StorageHealth
 from regcache.storage.local_index import LocalIndex
 from regcache.storage.s3 import S3Tier
 from regcache.storage.staging import clear_staging
@@ -33,6 +34,7 @@ from regcache.web.handlers import (
     UploadHandler,
     log_request,
 )
+from regcache.web.services import Services
 
 log = logging.getLogger(__name__)
 
@@ -68,20 +70,21 @@ class RequestTracker:
             return False
 
 
-def make_app(services: dict[str, object]) -> Application:
+def make_app(services: Services) -> Application:
+    args = {"services": services}
     routes = [
-        (r"/v2/?", PingHandler, services),
-        (rf"/v2/{NAME}/manifests/([^/]+)", ManifestHandler, services),
-        (rf"/v2/{NAME}/blobs/uploads/?.*", UploadHandler, services),
-        (rf"/v2/{NAME}/blobs/([^/]+)", BlobHandler, services),
-        (r"/metrics", MetricsHandler, services),
-        (r"/healthz", HealthHandler, services),
-        (r"/readyz", ReadyHandler, services),
+        (r"/v2/?", PingHandler, args),
+        (rf"/v2/{NAME}/manifests/([^/]+)", ManifestHandler, args),
+        (rf"/v2/{NAME}/blobs/uploads/?.*", UploadHandler, args),
+        (rf"/v2/{NAME}/blobs/([^/]+)", BlobHandler, args),
+        (r"/metrics", MetricsHandler, args),
+        (r"/healthz", HealthHandler, args),
+        (r"/readyz", ReadyHandler, args),
     ]
     return Application(
         routes,
         default_handler_class=NotFoundHandler,
-        default_handler_args=services,
+        default_handler_args=args,
         log_function=log_request,
         compress_response=False,
     )
@@ -146,14 +149,16 @@ async def _serve(settings: Settings, store: TieredStore, ready: asyncio.Future[i
         # Private content is served only to clients whose credentials were checked.
         return settings.s3_redirect and registry not in private
 
-    services: dict[str, object] = {
-        "blobs": BlobService(store, upstream, fills, root, redirect),
-        "manifests": ManifestService(store, upstream, Policy.from_settings(settings)),
-        "disk": disk,
-        "tracker": tracker,
-        "guard": upstream.guard,
-        "client_idle_timeout": settings.client_idle_timeout,
-    }
+    health = StorageHealth()
+    services = Services(
+        blobs=BlobService(store, upstream, fills, root, health, redirect),
+        manifests=ManifestService(store, upstream, Policy.from_settings(settings)),
+        disk=disk,
+        health=health,
+        guard=upstream.guard,
+        tracker=tracker,
+        client_idle_timeout=settings.client_idle_timeout,
+    )
     app = make_app(services)
     server = HTTPServer(
         app, xheaders=False, max_header_size=MAX_HEADER_SIZE, idle_connection_timeout=settings.client_idle_timeout

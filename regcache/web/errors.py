@@ -6,11 +6,11 @@ import json
 
 from tornado.web import HTTPError
 
-from regcache.cache.fill import Overloaded
 from regcache.errors import (
     BadRequest,
     DigestMismatch,
     ManifestTooLarge,
+    Overloaded,
     SizeMismatch,
     StorageError,
     UpstreamError,

@@ -1,62 +1,47 @@
-"""Request handlers: parse once at the edge, ask the cache, stream the answer.
+"""Request handlers: parse once at the edge, ask the cache, send the answer.
 
-Services arrive through `initialize(**kwargs)` from the one route table in app.py. Bodies are
-written one chunk at a time with `await flush()` between chunks (Tornado's StaticFileHandler
-pattern), so a slow client holds one chunk of memory, never the object; a stored file on local
-disk goes out with `os.sendfile` and holds none.
+Services arrive as one typed value through `initialize` from the one route table in app.py.
+Bodies go out through web/streaming.py's one loop.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import os
-import socket
-from datetime import timedelta
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from tornado import gen
-from tornado.iostream import IOStream, StreamClosedError
 from tornado.web import HTTPError, RequestHandler
 
 from regcache import metrics
-from regcache.cache.blobs import BlobService, FillingBlob, PassedThrough, RedirectedBlob, SharedBlob, StoredBlob
+from regcache.cache.blobs import Body, Redirect, UpstreamAnswer
 from regcache.cache.context import ClientContext
-from regcache.cache.manifests import Manifest, ManifestService, upstream_unavailable
-from regcache.cache.relay import STORAGE_HEALTH, Relay
+from regcache.cache.manifests import Manifest, upstream_unavailable
 from regcache.config import DOCKER_HUB
 from regcache.errors import BadRequest, RegcacheError
 from regcache.oci import mediatypes
 from regcache.oci.digest import Digest
 from regcache.oci.reference import parse_blob_ref, parse_manifest_ref, parse_registry
-from regcache.storage.base import ObjectReader
 from regcache.upstream.client import UpstreamResponse
 from regcache.web.errors import error_body, error_for
 from regcache.web.ranges import ByteRange, Unsatisfiable, parse_range
+from regcache.web.services import Services
+from regcache.web.streaming import BodyWriter
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("regcache.access")
 
-CHUNK = 1 << 20
 QUIET_PATHS = frozenset(("/healthz", "/readyz", "/metrics"))
 API_VERSION = ("Docker-Distribution-Api-Version", "registry/2.0")
 
 
-@runtime_checkable
-class SupportsFileno(Protocol):
-    """A stored object that is a local file (the disk tier's reader): it can be sendfile'd."""
-
-    def fileno(self) -> int: ...
-
-
-class BaseHandler(RequestHandler):
+class BaseHandler(BodyWriter):
     """JSON errors in the OCI format, the request counters and the request log's fields."""
 
     kind = "other"
 
-    def initialize(self, **services: Any) -> None:
+    def initialize(self, services: Services) -> None:
         self.services = services
+        self.idle_timeout = services.client_idle_timeout
         self.cache_result = "-"
         self.registry = "-"
         self.body_bytes = 0
@@ -64,7 +49,7 @@ class BaseHandler(RequestHandler):
         self.tracked = False
 
     def prepare(self) -> None:
-        tracker = self.services.get("tracker")
+        tracker = self.services.tracker
         if tracker is not None:
             tracker.started()
             self.tracked = True
@@ -77,7 +62,7 @@ class BaseHandler(RequestHandler):
 
     def on_finish(self) -> None:
         # Requests refused before prepare() (bad method, undecodable path) were never counted.
-        tracker = self.services.get("tracker")
+        tracker = self.services.tracker
         if tracker is not None and self.tracked:
             tracker.finished()
         metrics.REQUESTS.labels(self.kind, self.request.method, str(self.get_status())).inc()
@@ -122,7 +107,7 @@ class BaseHandler(RequestHandler):
             self.registry = DOCKER_HUB
         else:
             self.registry = parse_registry(ns)
-        guard = self.services.get("guard")
+        guard = self.services.guard
         if guard is not None:
             guard.check_registry(self.registry)  # --allow-registry, IP literals: 403
         return self.registry
@@ -134,45 +119,7 @@ class BaseHandler(RequestHandler):
             accept=tuple(self.request.headers.get_list("Accept")),
         )
 
-    # --- writing bodies -------------------------------------------------------------------------
-    async def send_chunk(self, chunk: bytes) -> bool:
-        """Write and flush one chunk; False when the client has gone.
-
-        A client that takes no byte for --client-idle-timeout is disconnected: a reader that
-        stalls for ever must not hold a connection, a descriptor and a download's reader slot.
-        A slow one that keeps taking bytes is not.
-        """
-        self.write(chunk)
-        flushed = self.flush()
-        timeout = self.services.get("client_idle_timeout")
-        stream = self.request.connection.stream
-        sent = getattr(stream, "_total_write_done_index", None)
-        while True:
-            try:
-                if timeout:
-                    await gen.with_timeout(timedelta(seconds=timeout), flushed, quiet_exceptions=StreamClosedError)
-                else:
-                    await flushed
-                break
-            except StreamClosedError:
-                return False
-            except gen.TimeoutError:
-                now_sent = getattr(stream, "_total_write_done_index", None)
-                if now_sent is None or now_sent == sent:
-                    log.info(
-                        "%s %s: client took no byte for %.0fs; closing", self.request.method, self.request.path, timeout
-                    )
-                    self.abort_connection()
-                    return False
-                sent = now_sent
-        self.body_bytes += len(chunk)
-        return True
-
-    def abort_connection(self) -> None:
-        """End a response that cannot be completed truthfully: the client sees a broken stream."""
-        self.aborted = True
-        self.request.connection.stream.close()
-
+    # --- answers ------------------------------------------------------------------------------
     def pass_through(self, response: UpstreamResponse, include_body: bool) -> None:
         """The upstream's answer, unchanged but for hop-by-hop headers.
 
@@ -230,8 +177,7 @@ class ManifestHandler(BaseHandler):
 
     async def get(self, repo: str, reference: str, include_body: bool = True) -> None:
         ref = parse_manifest_ref(self.origin_registry(), repo, reference)
-        manifests: ManifestService = self.services["manifests"]
-        answer = await manifests.get(ref, self.client_context())
+        answer = await self.services.manifests.get(ref, self.client_context())
         self.cache_result = answer.result
         metrics.CACHE_RESULTS.labels(answer.result).inc()
         if answer.passed_through is not None:
@@ -257,47 +203,57 @@ class ManifestHandler(BaseHandler):
 
 class BlobHandler(BaseHandler):
     kind = "blob"
-    _sending: asyncio.Future[int] | None = None  # a sendfile in progress
 
-    async def get(self, repo: str, digest: str, include_body: bool = True) -> None:
+    async def get(self, repo: str, digest: str) -> None:
         ref = parse_blob_ref(self.origin_registry(), repo, digest)
-        blobs: BlobService = self.services["blobs"]
-        answer = await blobs.open(ref, self.client_context())
-        if isinstance(answer, StoredBlob):
-            self.cache_result = "hit"
-            metrics.CACHE_RESULTS.labels("hit").inc()
-            try:
-                await self._send_stored(answer.reader, ref.digest, include_body)
-            finally:
-                answer.reader.close()
-        elif isinstance(answer, FillingBlob):
-            try:
-                await self._send_filling(answer, ref.digest)
-            finally:
-                answer.fill.detach(answer.fd)
-        elif isinstance(answer, SharedBlob):
-            self.cache_result = "hit"
-            metrics.CACHE_RESULTS.labels("hit").inc()
-            self._blob_headers(ref.digest)
-            self.set_header("Content-Length", str(answer.size))
-        elif isinstance(answer, RedirectedBlob):
-            # Straight from S3 (presigned, short-lived): large layers skip this process.
-            self.cache_result = "hit"
-            metrics.CACHE_RESULTS.labels("hit").inc()
-            self.set_status(307)
-            self.set_header("Location", answer.url)
-            self.set_header("Docker-Content-Digest", str(ref.digest))
-            self.set_header("Content-Length", "0")
-        elif isinstance(answer, Relay):
-            try:
-                await self._send_relayed(answer, ref.digest)
-            finally:
-                answer.close()
-        else:
-            self._send_passed_through(answer, ref.digest)
+        await self._send(await self.services.blobs.get(ref, self.client_context()), ref.digest)
 
     async def head(self, repo: str, digest: str) -> None:
-        await self.get(repo, digest, include_body=False)
+        ref = parse_blob_ref(self.origin_registry(), repo, digest)
+        await self._send(await self.services.blobs.head(ref, self.client_context()), ref.digest)
+
+    async def _send(self, answer: Body | Redirect | UpstreamAnswer, digest: Digest) -> None:
+        match answer:
+            case Body():
+                try:
+                    await self._send_body(answer)
+                finally:
+                    await answer.aclose()
+            case Redirect(url=url):
+                # Straight from S3 (presigned, short-lived): large layers skip this process.
+                self._count("hit")
+                self.set_status(307)
+                self.set_header("Location", url)
+                self.set_header("Docker-Content-Digest", str(digest))
+                self.set_header("Content-Length", "0")
+            case UpstreamAnswer(response=response):
+                self._count("skip")
+                if 200 <= response.status < 300:
+                    # A HEAD answered by a CDN after a redirect may lack these; containerd needs the digest.
+                    response.headers["Docker-Content-Digest"] = str(digest)
+                    response.headers.setdefault("Accept-Ranges", "bytes")
+                self.pass_through(response, include_body=self.request.method != "HEAD")
+
+    def _count(self, result: str) -> None:
+        self.cache_result = result
+        metrics.CACHE_RESULTS.labels(result).inc()
+
+    async def _send_body(self, body: Body) -> None:
+        self._count(body.result)
+        self._blob_headers(body.digest)
+        start, end = 0, body.size
+        if body.size is not None:
+            if body.ranges:
+                byte_range = self._select_range(body.size)
+                if byte_range is None:
+                    return  # 416 sent
+                start, end = byte_range.start, byte_range.end
+            else:
+                # Sent whole (RFC 9110 allows ignoring a Range): a pass-through reads it once.
+                self.set_header("Content-Length", str(body.size))
+        if body.source is None or self.request.method == "HEAD" or start == end:
+            return
+        await self.send_source(body.source, start, end, body.served_from)
 
     def _blob_headers(self, digest: Digest) -> None:
         self.set_header("Content-Type", mediatypes.OCTET_STREAM)
@@ -323,171 +279,6 @@ class BlobHandler(BaseHandler):
         self.set_header("Content-Length", str(byte_range.length))
         return byte_range
 
-    async def _send_stored(self, reader: ObjectReader, digest: Digest, include_body: bool) -> None:
-        self._blob_headers(digest)
-        byte_range = self._select_range(reader.size)
-        if byte_range is None or not include_body:
-            return
-        if (
-            isinstance(reader, SupportsFileno)
-            and byte_range.length
-            and type(self.request.connection.stream) is IOStream
-        ):
-            await self._sendfile(reader, byte_range)
-            return
-        position = byte_range.start
-        while position < byte_range.end:
-            try:
-                chunk = reader.read(position, min(CHUNK, byte_range.end - position))
-            except OSError:
-                chunk = b""
-            if not chunk:
-                # The file shrank under us (removed from outside): never finish as if complete.
-                self.abort_connection()
-                return
-            if not await self.send_chunk(chunk):
-                return
-            metrics.SERVED_BYTES.labels("disk").inc(len(chunk))
-            position += len(chunk)
-
-    async def _sendfile(self, reader: SupportsFileno, byte_range: ByteRange) -> None:
-        """A file on local disk goes from the page cache to the client's socket in the kernel
-        (`os.sendfile`, via the event loop's sock_sendfile): no copy through Python, no chunk in
-        memory, a fraction of the CPU of read + write.
-
-        The body bypasses Tornado's stream, so the headers are flushed first, and the
-        connection's Content-Length bookkeeping is told what was sent behind its back. A client
-        that goes away ends the transfer (on_connection_close cancels it); a file that shrank
-        under us ends the connection without a complete-looking body. sock_sendfile moves the
-        descriptor's file offset: harmless for a reader's own descriptor read with pread, but
-        never give it one that shares its offset with a writer (a dup of a staging file).
-        """
-        try:
-            await self.flush()
-        except StreamClosedError:
-            return
-        stream = self.request.connection.stream
-        # The loop watches the socket for writability under its descriptor number. Tornado
-        # closes its own descriptor when the client leaves, and a new connection may get the
-        # same number before our cancellation unregisters it; so the transfer runs on a
-        # duplicate that only we close, once nothing watches it any more.
-        sock = stream.socket.dup()
-        try:
-            idle = self.services.get("client_idle_timeout")
-            sending = asyncio.ensure_future(
-                _sendfile(sock, reader.fileno(), byte_range.start, byte_range.length, idle if idle else None)
-            )
-            self._sending = sending
-            try:
-                await asyncio.wait([sending])
-            finally:
-                self._sending = None
-                if not sending.done():  # this handler was cancelled: stop the transfer first
-                    sending.cancel()
-                    await asyncio.wait([sending])
-        finally:
-            sock.close()
-        if sending.cancelled():
-            return  # the client went away
-        if sending.exception() is not None:
-            # Broken pipe, reset, a socket closed under us, or a client that took no byte for
-            # --client-idle-timeout.
-            if isinstance(sending.exception(), TimeoutError):
-                log.info("%s %s: client took no byte for %.0fs; closing", self.request.method, self.request.path, idle)
-            if not stream.closed():
-                self.abort_connection()
-            return
-        sent = sending.result()
-        self.body_bytes += sent
-        metrics.SERVED_BYTES.labels("disk").inc(sent)
-        connection = self.request.connection
-        remaining = getattr(connection, "_expected_content_remaining", None)
-        if remaining is not None:
-            connection._expected_content_remaining = remaining - sent
-        if sent < byte_range.length:
-            # The file shrank under us (removed from outside): never finish as if complete.
-            self.abort_connection()
-
-    def on_connection_close(self) -> None:
-        if self._sending is not None:
-            self._sending.cancel()
-        super().on_connection_close()
-
-    async def _send_filling(self, answer: FillingBlob, digest: Digest) -> None:
-        fill, head = answer.fill, answer.head
-        # A reader that joins a download already verified reads cached bytes: a hit; so does one
-        # reading a copy from S3.
-        self.cache_result = "hit" if answer.hit or answer.source == "s3" else "miss"
-        metrics.CACHE_RESULTS.labels(self.cache_result).inc()
-        self._blob_headers(digest)
-        end: int | None = None
-        position = 0
-        if head.size is not None:
-            byte_range = self._select_range(head.size)
-            if byte_range is None:
-                return
-            position, end = byte_range.start, byte_range.end
-        # Headers go out now, before the body: containerd gives up on a mirror whose headers lag.
-        try:
-            await self.flush()
-        except StreamClosedError:
-            return
-        while end is None or position < end:
-            try:
-                limit = await fill.readable(position, end)
-            except RegcacheError:
-                self.abort_connection()
-                return
-            if end is not None:
-                limit = min(limit, end)
-            if limit <= position:
-                break
-            try:
-                chunk = os.pread(answer.fd, min(CHUNK, limit - position), position)
-            except OSError:
-                chunk = b""
-            if not chunk:
-                self.abort_connection()
-                return
-            if not await self.send_chunk(chunk):
-                return
-            metrics.SERVED_BYTES.labels("disk" if answer.hit else answer.source).inc(len(chunk))
-            position += len(chunk)
-
-    async def _send_relayed(self, relay: Relay, digest: Digest) -> None:
-        """A download the cache could not store, streamed through as it arrives (whole: a Range
-        is not honoured here, which RFC 9110 allows)."""
-        self.cache_result = "skip"
-        metrics.CACHE_RESULTS.labels("skip").inc()
-        self._blob_headers(digest)
-        if relay.size is not None:
-            self.set_header("Content-Length", str(relay.size))
-        try:
-            await self.flush()
-        except StreamClosedError:
-            return
-        while True:
-            try:
-                chunk = await relay.read()
-            except RegcacheError:
-                self.abort_connection()
-                return
-            if chunk is None:
-                return
-            if not await self.send_chunk(chunk):
-                return
-            metrics.SERVED_BYTES.labels("upstream").inc(len(chunk))
-
-    def _send_passed_through(self, answer: PassedThrough, digest: Digest) -> None:
-        self.cache_result = "skip"
-        metrics.CACHE_RESULTS.labels("skip").inc()
-        response = answer.response
-        if 200 <= response.status < 300:
-            # A HEAD answered by a CDN after a redirect may lack these; containerd needs the digest.
-            response.headers["Docker-Content-Digest"] = str(digest)
-            response.headers.setdefault("Accept-Ranges", "bytes")
-        self.pass_through(response, include_body=self.request.method != "HEAD")
-
 
 class MetricsHandler(BaseHandler):
     async def get(self) -> None:
@@ -503,9 +294,9 @@ class HealthHandler(BaseHandler):
 
 class ReadyHandler(BaseHandler):
     async def get(self) -> None:
-        disk = self.services["disk"]
+        disk = self.services.disk
         self.set_header("Content-Type", "application/json")
-        trouble = STORAGE_HEALTH.trouble()
+        trouble = self.services.health.trouble()
         if not disk.writable():
             self.set_status(503)
             self.finish(
@@ -555,32 +346,3 @@ def log_request(handler: RequestHandler) -> None:
         fields[1],
         duration,
     )
-
-
-def _wake(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
-
-
-async def _sendfile(sock: socket.socket, fd: int, offset: int, count: int, idle: float | None) -> int:
-    """`os.sendfile` from `fd` at an explicit offset (the descriptor's own offset is never
-    moved, so it may be shared) to a non-blocking socket; returns the bytes sent (fewer when
-    the file ended early). TimeoutError when the client takes no byte for `idle` seconds."""
-    loop = asyncio.get_running_loop()
-    target = sock.fileno()
-    sent = 0
-    while sent < count:
-        try:
-            done = os.sendfile(target, fd, offset + sent, count - sent)
-        except BlockingIOError:
-            writable: asyncio.Future[None] = loop.create_future()
-            loop.add_writer(target, _wake, writable)
-            try:
-                await asyncio.wait_for(writable, idle)
-            finally:
-                loop.remove_writer(target)
-            continue
-        if done == 0:
-            break  # the file is shorter than it was
-        sent += done
-    return sent
