@@ -7,10 +7,13 @@ Everything a real registry can do is tested against the real one instead.
 
 from __future__ import annotations
 
+import enum
 import hashlib
+import random
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -341,3 +344,119 @@ class SwitchableForwarder:
         with self._lock:
             self._open.discard(source)
             self._open.discard(sink)
+
+
+# --- random faults, for the soak test -------------------------------------------------------------
+class Fault(enum.Enum):
+    """What one upstream answer does wrong (or not)."""
+
+    GOOD = "good"
+    WRONG_BYTES = "wrong-bytes"  # the announced length, one byte flipped (a stray byte when empty)
+    SHORT_BODY = "short-body"  # Content-Length says more than is sent, then a clean close
+    RESET = "reset"  # an RST part-way through the body
+    STALL = "stall"  # silence part-way through the body, then an RST if regcache did not hang up first
+    SERVER_ERROR = "5xx"  # a 500 or a 503 with a registry's JSON error body
+
+
+class FaultInjector:
+    """Serves blobs through FakeUpstream routes, each GET with a fault drawn at random.
+
+    The draws are seeded per path and per request count on that path (`seed:path:n`), so one seed
+    gives every blob the same sequence of answers however the threads interleave: a failing seed
+    replays the same faults, if not the same timing. Each answer also honours `Range: bytes=N-`
+    (206 with Content-Range) with probability `range_honoured`, else ignores it (200, whole body).
+    Clear `faulty` to serve every later request good. `served` counts the faults as served: a cut
+    of an empty body is a good answer.
+    """
+
+    def __init__(
+        self,
+        seed: int,
+        weights: dict[Fault, float],
+        range_honoured: float = 0.7,
+        stall_seconds: tuple[float, float] = (0.5, 6.0),
+    ) -> None:
+        self.seed = seed
+        self.weights = weights
+        self.range_honoured = range_honoured
+        self.stall_seconds = stall_seconds
+        self.faulty = True
+        self.served: Counter[Fault] = Counter()
+        self.ranges_honoured = 0
+        self._requests: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        self._released = threading.Event()
+
+    def route(self, data: bytes, weights: dict[Fault, float] | None = None) -> Behaviour:
+        """A behaviour serving `data`; `weights` overrides the injector's for this blob."""
+
+        def behaviour(h: FakeHandler) -> None:
+            with self._lock:
+                number = self._requests[h.path]
+                self._requests[h.path] += 1
+            rng = random.Random(f"{self.seed}:{h.path}:{number}")
+            table = weights if weights is not None else self.weights
+            fault = rng.choices(list(table), list(table.values()))[0] if self.faulty else Fault.GOOD
+            try:
+                self._answer(h, data, fault, rng)
+            except OSError:
+                h.close_connection = True  # regcache hung up first: what a real server sees too
+
+        return behaviour
+
+    def release(self) -> None:
+        """End every stall now (at the end of a test)."""
+        self._released.set()
+
+    def _count(self, fault: Fault, honoured: bool = False) -> None:
+        with self._lock:
+            self.served[fault] += 1
+            self.ranges_honoured += honoured
+
+    def _answer(self, h: FakeHandler, data: bytes, fault: Fault, rng: random.Random) -> None:
+        if h.command == "HEAD":
+            serve(data)(h)
+            return
+        if fault is Fault.SERVER_ERROR:
+            self._count(fault)
+            status = rng.choice([500, 503])
+            h.send_json(status, b'{"errors":[{"code":"UNAVAILABLE","message":"injected fault"}]}')
+            return
+        start, honoured = 0, False
+        header = h.headers.get("Range", "")
+        if header.startswith("bytes=") and header.endswith("-") and rng.random() < self.range_honoured:
+            start, honoured = int(header[len("bytes=") : -1]), True
+        if start >= len(data) > 0:
+            h.send_json(416, b'{"errors":[{"code":"RANGE_INVALID","message":"past the end"}]}')
+            return
+        body = data[start:]
+        if fault is Fault.WRONG_BYTES:
+            if body:
+                flipped = bytearray(body)
+                flipped[rng.randrange(len(body))] ^= 1 << rng.randrange(8)
+                body = bytes(flipped)
+            else:
+                body = b"\x00"
+        elif not body:
+            fault = Fault.GOOD  # nothing to cut or stall in an empty body
+        self._count(fault, honoured)
+        h.send_response(206 if honoured else 200)
+        if honoured:
+            h.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        h.send_header("Content-Type", "application/octet-stream")
+        h.send_header("Content-Length", str(len(body)))
+        h.end_headers()
+        if fault in (Fault.GOOD, Fault.WRONG_BYTES):
+            h.wfile.write(body)
+            return
+        cut = rng.randrange(len(body))
+        h.wfile.write(body[:cut])
+        h.wfile.flush()
+        if fault is Fault.SHORT_BODY:
+            h.close_connection = True
+            h.connection.shutdown(socket.SHUT_WR)
+        elif fault is Fault.RESET:
+            h.drop()
+        else:
+            self._released.wait(rng.uniform(*self.stall_seconds))
+            h.drop()
