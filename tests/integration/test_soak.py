@@ -149,7 +149,8 @@ def fetch(port: int, ns: str, plan: Plan) -> Answer:
         length = answer.headers.get("content-length")
         answer.complete = answer.error is None and length is not None and len(body) == int(length)
         answer.hung_up = not answer.complete and plan.hang_up_after is not None and len(body) >= plan.hang_up_after
-        if plan.hang_up_after is not None and plan.reset:
+        if plan.hang_up_after is not None and plan.reset and sock.fileno() >= 0:
+            # A reset instead of a FIN; a socket the server closed (Connection: close) is gone already.
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
         resp.close()
     except TimeoutError:
