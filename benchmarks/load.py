@@ -3,7 +3,8 @@
 Timed clients read into one reused 1 MiB buffer and do not hash: on two cores a hashing client
 would take a core from the server it measures. The bytes are checked once per system by a
 separate, untimed GET that hashes what it gets (`verify`). Every loop is bounded in count and
-time: each socket has a timeout, each load has a deadline.
+time: each socket has a timeout, each load has a deadline. `tls` (an SSL context that trusts the
+run's CA) is only for `direct` against the HTTPS upstream: the caches listen on plain HTTP.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ import http.client
 import os
 import re
 import shutil
+import ssl
 import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from tests.peers.net import clean_env
@@ -32,9 +35,23 @@ class Transfer:
     first_byte: float  # seconds from sending the request to the first body bytes
 
 
-def get(port: int, path: str, *, timeout: float = 300.0, headers: dict[str, str] | None = None) -> Transfer:
+def connect(port: int, timeout: float, tls: ssl.SSLContext | None = None) -> http.client.HTTPConnection:
+    """A connection to 127.0.0.1:port, over TLS verified against `tls` when it is given."""
+    if tls is None:
+        return http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    return http.client.HTTPSConnection("127.0.0.1", port, timeout=timeout, context=tls)
+
+
+def get(
+    port: int,
+    path: str,
+    *,
+    timeout: float = 300.0,
+    headers: dict[str, str] | None = None,
+    tls: ssl.SSLContext | None = None,
+) -> Transfer:
     """One GET, its body read and dropped; raises on a non-200 answer or a short body."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    conn = connect(port, timeout, tls)
     try:
         started = time.perf_counter()
         conn.request("GET", path, headers=headers or {})
@@ -56,9 +73,9 @@ def get(port: int, path: str, *, timeout: float = 300.0, headers: dict[str, str]
     return Transfer(resp.status, size, seconds, first)
 
 
-def verify(port: int, path: str, digest: str, timeout: float = 300.0) -> None:
+def verify(port: int, path: str, digest: str, timeout: float = 300.0, tls: ssl.SSLContext | None = None) -> None:
     """An untimed GET that hashes the body: the system served exactly the blob's bytes."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    conn = connect(port, timeout, tls)
     try:
         conn.request("GET", path)
         resp = conn.getresponse()
@@ -72,15 +89,19 @@ def verify(port: int, path: str, digest: str, timeout: float = 300.0) -> None:
         raise RuntimeError(f"GET {path}: status {resp.status}, body hashes to {seen}, not {digest}")
 
 
-def concurrent_gets(port: int, path: str, clients: int, timeout: float = 600.0) -> tuple[float, list[Transfer]]:
-    """`clients` GETs of one path released together; (wall seconds, transfers)."""
+def concurrent_gets(
+    port: int, paths: Sequence[str], timeout: float = 600.0, tls: ssl.SSLContext | None = None
+) -> tuple[float, list[Transfer]]:
+    """One client per path (the same path repeated, or different blobs), released together;
+    (wall seconds, transfers in the order of `paths`)."""
+    clients = len(paths)
     barrier = threading.Barrier(clients + 1)
     results: list[Transfer | BaseException] = [RuntimeError("client did not finish")] * clients
 
     def client(i: int) -> None:
         try:
             barrier.wait(timeout=30)
-            results[i] = get(port, path, timeout=timeout)
+            results[i] = get(port, paths[i], timeout=timeout, tls=tls)
         except BaseException as exc:  # noqa: BLE001 - reported to the caller below
             results[i] = exc
 
@@ -106,8 +127,10 @@ class Rate:
     p99_ms: float
 
 
-def request_rate(url: str, accept: str, connections: int, seconds: float) -> Rate:
+def request_rate(url: str, accept: str, connections: int, seconds: int) -> Rate:
     """Keep-alive GETs of one URL from `connections` connections for `seconds` (ApacheBench).
+
+    ab reads its time limit as whole seconds (`-t 0.5` is no limit at all), hence an int.
 
     ab is a single C process, so the client costs far less CPU than the servers it loads; it
     stops at the time limit or after a bounded number of requests, whichever comes first.
@@ -117,7 +140,7 @@ def request_rate(url: str, accept: str, connections: int, seconds: float) -> Rat
         raise FileNotFoundError("ab not found: apt-get install apache2-utils")
     with tempfile.TemporaryDirectory(prefix="regcache-bench-ab-") as tmp:
         csv = os.path.join(tmp, "percentiles.csv")
-        argv = [ab, "-q", "-k", "-c", str(connections), "-t", f"{seconds:g}", "-n", "10000000"]
+        argv = [ab, "-q", "-k", "-c", str(connections), "-t", str(seconds), "-n", "10000000"]
         argv += ["-s", "30", "-H", f"Accept: {accept}", "-e", csv, url]
         done = subprocess.run(argv, capture_output=True, text=True, env=clean_env(), timeout=seconds + 60)
         if done.returncode != 0:

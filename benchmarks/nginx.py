@@ -2,7 +2,9 @@
 
 `proxy_cache` with `proxy_cache_lock on` (one upstream fetch per key; the other clients wait for
 the whole response to be cached), plus a static location serving the upstream registry's blob
-files with sendfile, the warm-path reference.
+files with sendfile, the warm-path reference. Against an HTTPS upstream it verifies the
+certificate against the run's CA, checking the name `localhost`: nginx matches the name with
+X509_check_host, which never looks at IP-address entries, so 127.0.0.1 would not verify.
 """
 
 from __future__ import annotations
@@ -50,16 +52,24 @@ http {{
             proxy_buffer_size 64k;
             proxy_buffers 16 1m;
             proxy_busy_buffers_size 2m;
-        }}
+{tls}        }}
     }}
 }}
+"""
+_TLS = """\
+            proxy_ssl_trusted_certificate {ca};
+            proxy_ssl_verify on;
+            proxy_ssl_verify_depth 2;
+            proxy_ssl_name localhost;
+            proxy_ssl_server_name on;
+            proxy_ssl_session_reuse on;
 """
 
 
 class Nginx:
     """One nginx master (with its workers) on a free port and its own cache dir."""
 
-    def __init__(self, binary: str, upstream_url: str, static_root: Path | None = None) -> None:
+    def __init__(self, binary: str, upstream_url: str, static_root: Path | None = None, ca: Path | None = None) -> None:
         self.binary = binary
         self.dir = Path(tempfile.mkdtemp(prefix="regcache-bench-nginx-"))
         self.port = free_port()
@@ -67,10 +77,11 @@ class Nginx:
         static = ""
         if static_root is not None:
             static = f"        location /static/ {{ alias {static_root}/; }}"
+        tls = "" if ca is None else _TLS.format(ca=ca)
         user = "user root;\n" if os.geteuid() == 0 else ""  # workers must reach our 0700 temp dirs
         self.config = self.dir / "nginx.conf"
         self.config.write_text(
-            _CONFIG.format(user=user, dir=self.dir, port=self.port, upstream=upstream_url, static=static)
+            _CONFIG.format(user=user, dir=self.dir, port=self.port, upstream=upstream_url, static=static, tls=tls)
         )
         self.proc: ManagedProcess | None = None
 

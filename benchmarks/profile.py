@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
                 meter = GroupMeter(cache.proc.pid)
                 meter.start()
                 if args.load == "concurrent":
-                    wall, _ = load.concurrent_gets(cache.port, blob, 8)
+                    wall, _ = load.concurrent_gets(cache.port, [blob] * 8)
                     print(f"8 clients: {wall:.2f} s wall")
                 elif args.load == "manifests":
                     rate = load.request_rate(cache.url + manifest, ALL_MANIFEST_TYPES, 16, 5)

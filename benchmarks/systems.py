@@ -3,17 +3,21 @@
 Every system answers the registry API on `url`; a path always carries `?ns=<upstream host>`,
 which regcache needs and the others ignore (nginx passes it on, distribution drops it).
 A system that cannot run here says why in `unavailable()`, and the harness reports it as
-skipped instead of dropping it.
+skipped instead of dropping it. One instance serves one upstream (plain or TLS); the caches
+always listen on plain HTTP and each trusts the TLS upstream's CA with its own setting.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
-from dataclasses import dataclass
+import ssl
+from collections.abc import Iterator
 from pathlib import Path
 
 from benchmarks.nginx import Nginx
+from benchmarks.upstreams import Upstream
 from tests.peers.registry import Registry
 from tests.peers.seaweed import SeaweedS3
 from tests.support import Regcache, blob_path
@@ -37,32 +41,40 @@ class Skip(Exception):
     """This system cannot run in this build or on this machine; the message says why."""
 
 
-@dataclass
-class Upstream:
-    """The origin registry: ours (access log readable) or an existing one (--upstream URL)."""
+@contextlib.contextmanager
+def environ(**values: str) -> Iterator[None]:
+    """Variables in this process's environment for the duration (for a child started inside).
 
-    url: str
-    registry: Registry | None = None
+    The docker-registry peer builds its child's environment from os.environ and takes no extra
+    variables, and tests/peers/ is not the harness's to change; this is the narrow way in.
+    """
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
-    @property
-    def host(self) -> str:
-        return self.url.split("://", 1)[1].rstrip("/")
 
-    def mark(self) -> int | None:
-        """A position in the access log; None when the log is not ours to read."""
-        return None if self.registry is None else len(self.registry.requests())
+class SharedPeers:
+    """Peers that live for the whole run and serve every instance of every kind (one S3 server)."""
 
-    def blob_gets_since(self, mark: int | None, digest: str) -> tuple[int, int] | None:
-        """(successful GETs, bytes sent) of blob `digest` logged since `mark`."""
-        if mark is None or self.registry is None:
-            return None
-        suffix = f"/blobs/{digest}"
-        gets = [
-            e
-            for e in self.registry.requests()[mark:]
-            if e.method == "GET" and e.path.endswith(suffix) and 200 <= e.status < 300
-        ]
-        return len(gets), sum(e.size for e in gets)
+    def __init__(self) -> None:
+        self._s3: SeaweedS3 | None = None
+
+    def s3(self) -> SeaweedS3:
+        if self._s3 is None:
+            self._s3 = SeaweedS3().start()
+        return self._s3
+
+    def close(self) -> None:
+        if self._s3 is not None:
+            self._s3.close()
+            self._s3 = None
 
 
 def distribution_blob_file(registry: Registry, digest: str) -> Path:
@@ -78,8 +90,9 @@ class System:
     #: the anchor figure regcache is compared against besides `direct`
     description = ""
 
-    def __init__(self, upstream: Upstream) -> None:
+    def __init__(self, upstream: Upstream, shared: SharedPeers) -> None:
         self.upstream = upstream
+        self.shared = shared
         self.port = 0
         self.pgid: int | None = None
 
@@ -106,6 +119,11 @@ class System:
         return f"http://127.0.0.1:{self.port}"
 
     @property
+    def client_tls(self) -> ssl.SSLContext | None:
+        """How a client reaches this system: None is plain HTTP (every cache)."""
+        return None
+
+    @property
     def mirror(self) -> str | None:
         """The URL containerd uses as a mirror; None means pull from the origin itself."""
         return self.url
@@ -126,13 +144,19 @@ class Direct(System):
 
     def start(self) -> None:
         registry = self.upstream.registry
-        self.port = int(self.upstream.host.rsplit(":", 1)[1]) if ":" in self.upstream.host else 80
+        self.port = self.upstream.port
         self.pgid = registry._proc.pid if registry is not None and registry._proc is not None else None
-        if not self.upstream.url.startswith("http://"):
-            raise Skip("direct measures plain-HTTP registries only")
 
     def stop(self) -> None:
         pass
+
+    @property
+    def url(self) -> str:
+        return self.upstream.url
+
+    @property
+    def client_tls(self) -> ssl.SSLContext | None:
+        return self.upstream.client_tls
 
     @property
     def mirror(self) -> str | None:
@@ -143,12 +167,15 @@ class RegcacheDisk(System):
     name = "regcache-disk"
     description = "regcache with its local-disk tier"
 
-    def __init__(self, upstream: Upstream) -> None:
-        super().__init__(upstream)
+    def __init__(self, upstream: Upstream, shared: SharedPeers) -> None:
+        super().__init__(upstream, shared)
         self.cache: Regcache | None = None
 
     def _args(self) -> list[str]:
-        return ["--upstream", f"{self.upstream.host}={self.upstream.url}"]
+        args = ["--upstream", f"{self.upstream.host}={self.upstream.url}"]
+        if self.upstream.ca is not None:
+            args += ["--upstream-ca", str(self.upstream.ca)]
+        return args
 
     def _env(self) -> dict[str, str]:
         return {}
@@ -186,8 +213,8 @@ class RegcacheS3(RegcacheDisk):
     name = "regcache-s3"
     description = "regcache with SeaweedFS as its S3 tier"
 
-    def __init__(self, upstream: Upstream) -> None:
-        super().__init__(upstream)
+    def __init__(self, upstream: Upstream, shared: SharedPeers) -> None:
+        super().__init__(upstream, shared)
         self.s3: SeaweedS3 | None = None
         self.buckets = 0
         self.bucket = ""
@@ -209,10 +236,9 @@ class RegcacheS3(RegcacheDisk):
         }
 
     def start(self) -> None:
-        if self.s3 is None:
-            self.s3 = SeaweedS3().start()
+        self.s3 = self.shared.s3()
         self.buckets += 1
-        self.bucket = self.s3.bucket(f"regcache-bench-{os.getpid()}-{self.buckets}")
+        self.bucket = self.s3.bucket(f"regcache-bench-{os.getpid()}-{self.upstream.kind}-{self.buckets}")
         super().start()
 
     def stored(self, digest: str) -> bool:
@@ -227,26 +253,27 @@ class RegcacheS3(RegcacheDisk):
             return False
         return True
 
-    def close(self) -> None:
-        self.stop()
-        if self.s3 is not None:
-            self.s3.close()
-            self.s3 = None
-
 
 class DistributionProxy(System):
     name = "distribution-proxy"
     description = "docker-registry with proxy: remoteurl: (pull-through cache mode)"
 
-    def __init__(self, upstream: Upstream) -> None:
-        super().__init__(upstream)
+    def __init__(self, upstream: Upstream, shared: SharedPeers) -> None:
+        super().__init__(upstream, shared)
         self.registry: Registry | None = None
 
     def unavailable(self) -> str | None:
         return None if find_binary("docker-registry") else "docker-registry not found: apt-get install docker-registry"
 
     def start(self) -> None:
-        self.registry = Registry(proxy_remote=self.upstream.url).start()
+        registry = Registry(proxy_remote=self.upstream.url)
+        self.registry = registry
+        if self.upstream.ca is None:
+            registry.start()
+        else:
+            # distribution 2.8's proxy: section has no CA setting; Go reads SSL_CERT_FILE.
+            with environ(SSL_CERT_FILE=str(self.upstream.ca)):
+                registry.start()
         self.port = self.registry.port
         self.pgid = self.registry._proc.pid if self.registry._proc is not None else None
 
@@ -265,10 +292,9 @@ class NginxCache(System):
     name = "nginx-cache"
     description = "nginx proxy_cache with proxy_cache_lock on"
 
-    def __init__(self, upstream: Upstream) -> None:
-        super().__init__(upstream)
+    def __init__(self, upstream: Upstream, shared: SharedPeers) -> None:
+        super().__init__(upstream, shared)
         self.nginx: Nginx | None = None
-        self.static_root: Path | None = None
 
     def unavailable(self) -> str | None:
         return None if find_binary("nginx") else "nginx not found: apt-get install nginx"
@@ -279,7 +305,7 @@ class NginxCache(System):
         static = None
         if self.upstream.registry is not None:
             static = self.upstream.registry.storage_dir / "docker/registry/v2/blobs"
-        self.nginx = Nginx(binary, self.upstream.url, static).start()
+        self.nginx = Nginx(binary, self.upstream.url, static, ca=self.upstream.ca).start()
         self.port = self.nginx.port
         self.pgid = self.nginx.proc.pid if self.nginx.proc is not None else None
 
