@@ -15,6 +15,7 @@ from pathlib import Path
 import configargparse
 
 from regcache import __version__
+from regcache.commands import COMMANDS, run
 from regcache.config import OPTIONS, Settings, creds_file_warning
 from regcache.errors import ConfigError
 
@@ -69,6 +70,9 @@ def configure_logging(level: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in COMMANDS:
+        return run(argv[0], argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
