@@ -31,7 +31,13 @@ class StagingFile:
         self._hash = hashlib.sha256()
 
     def append(self, chunks: list[bytes]) -> None:
-        """Write and hash a batch of chunks with one system call (curl hands over 16 KiB pieces)."""
+        """Write and hash a batch of chunks."""
+        self.write(chunks)
+        for chunk in chunks:
+            self._hash.update(chunk)
+
+    def write(self, chunks: list[bytes]) -> None:
+        """Write a batch of chunks with one system call; the caller hashes them (in parallel)."""
         total = sum(len(c) for c in chunks)
         written = os.writev(self.fd, chunks)
         if written < total:
@@ -39,8 +45,6 @@ class StagingFile:
             rest = memoryview(b"".join(chunks))[written:]
             while rest:
                 rest = rest[os.write(self.fd, rest) :]
-        for chunk in chunks:
-            self._hash.update(chunk)
         self.size += total
 
     def reserve(self, size: int) -> None:
