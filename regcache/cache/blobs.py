@@ -115,17 +115,19 @@ class BlobService:
             if joined is not None:
                 return joined
             origin: Origin = UpstreamOrigin(self._upstream, _request(ref, client, "GET"))
-            if key is not None and self._store.has_shared and await self._store.stat_shared(key) is not None:
-                # Another client may have started the copy while S3 was asked: share it.
+            if key is not None and self._store.has_shared:
+                in_shared = await self._store.stat_shared(key) is not None
+                # Another client may have started the download while S3 was asked: share it.
                 joined = await self._join(key, ref, client)
                 if joined is not None:
                     return joined
-                if self._redirect(ref.registry):
-                    try:
-                        return Redirect(await self._store.presign(key, REDIRECT_EXPIRY), ref.digest)
-                    except Exception as exc:  # noqa: BLE001 - signing is local; stream it instead
-                        log.warning("cannot presign %s: %s", key, exc)
-                origin = FallbackOrigin(S3Origin(self._store, key), origin)
+                if in_shared:
+                    if self._redirect(ref.registry):
+                        try:
+                            return Redirect(await self._store.presign(key, REDIRECT_EXPIRY), ref.digest)
+                        except Exception as exc:  # noqa: BLE001 - signing is local; stream it instead
+                            log.warning("cannot presign %s: %s", key, exc)
+                    origin = FallbackOrigin(S3Origin(self._store, key), origin)
             return await self._start(key, ref, client, origin)
         except StorageError as exc:
             return await self._uncached(ref, client, exc)

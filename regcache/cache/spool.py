@@ -1,7 +1,8 @@
 """The spool: the staging file a download is written into, and the readers that tail it.
 
-A spool is written by exactly one fill, in order, from a writer thread (writes and sha256 both
-release the GIL, so the event loop goes on receiving and sending meanwhile). Readers share the
+A spool is written by exactly one fill, in order: each batch of chunks is written by a writer
+thread and hashed by a hasher thread at the same time (writes and sha256 both release the GIL,
+so the two run on two cores while the event loop only does bookkeeping). Readers share the
 file through positional reads on descriptors of their own, so a rename at commit or an unlink
 after a failure never pulls bytes from under them. Until the spool has verified, every reader is
 kept one byte short of the object's end and of its own range's end: no client ever holds a
@@ -11,6 +12,7 @@ complete-looking body of unverified bytes.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -29,8 +31,9 @@ MAX_BATCH = 512
 # the network): memory per download stays bounded whatever the blob size.
 PAUSE_AT = 8 * 1024 * 1024
 READ_CHUNK = 1 << 20
-# Each spool has at most one batch in flight here, so its bytes land in order.
+# Each spool has at most one batch in flight in each, so its bytes land and hash in order.
 _WRITER = ThreadPoolExecutor(max_workers=4, thread_name_prefix="regcache-spool")
+_HASHER = ThreadPoolExecutor(max_workers=4, thread_name_prefix="regcache-sha256")
 
 
 class Spool:
@@ -53,6 +56,9 @@ class Spool:
         self.error: RegcacheError | None = None
         self._pending: list[bytes] = []
         self._pending_bytes = 0
+        self._unhashed: list[bytes] = []
+        self._sha256 = hashlib.sha256()
+        self._hashing = False
         self._writing = False
         self._idle = asyncio.Event()
         self._idle.set()
@@ -82,7 +88,9 @@ class Spool:
         self.received += len(chunk)
         self._pending.append(chunk)
         self._pending_bytes += len(chunk)
+        self._unhashed.append(chunk)
         self._write_next()
+        self._hash_next()
         if self._pending_bytes >= PAUSE_AT:
             self._drained.clear()
             await self._drained.wait()
@@ -93,14 +101,14 @@ class Spool:
         if self._writing or not self._pending or self.error is not None:
             return
         batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
-        self._pending_bytes -= sum(len(c) for c in batch)
         self._writing = True
         self._idle.clear()
-        done = asyncio.get_running_loop().run_in_executor(_WRITER, self.staging.append, batch)
-        done.add_done_callback(self._written)
+        done = asyncio.get_running_loop().run_in_executor(_WRITER, self.staging.write, batch)
+        done.add_done_callback(lambda done: self._written(done, sum(len(c) for c in batch)))
 
-    def _written(self, done: asyncio.Future[None]) -> None:
+    def _written(self, done: asyncio.Future[None], size: int) -> None:
         self._writing = False
+        self._pending_bytes -= size
         exc = done.exception()
         if exc is not None:
             metrics.TIER_ERRORS.labels("staging", "write").inc()
@@ -110,13 +118,31 @@ class Spool:
             self.written = self.staging.size
             self._wake()
             self._write_next()
-        if not self._writing:
+        self._settle()
+
+    def _hash_next(self) -> None:
+        if self._hashing or not self._unhashed or self.error is not None:
+            return
+        batch, self._unhashed = self._unhashed[:MAX_BATCH], self._unhashed[MAX_BATCH:]
+        self._hashing = True
+        self._idle.clear()
+        done = asyncio.get_running_loop().run_in_executor(_HASHER, _update, self._sha256, batch)
+        done.add_done_callback(self._hashed)
+
+    def _hashed(self, done: asyncio.Future[None]) -> None:
+        self._hashing = False
+        done.result()  # sha256 of bytes in memory does not fail
+        self._hash_next()
+        self._settle()
+
+    def _settle(self) -> None:
+        if not self._writing and not self._hashing:
             self._idle.set()
         if self._pending_bytes < PAUSE_AT // 4 or self.error is not None:
             self._drained.set()
 
     async def finish(self) -> None:
-        """Wait for the writer, then check size and digest; raises the mismatch (and fails the
+        """Wait for the writer and the hasher, then check size and digest; raises the mismatch (and fails the
         spool) when the bytes are not the object."""
         await self._idle.wait()
         if self.error is not None:
@@ -126,7 +152,7 @@ class Spool:
             metrics.VERIFICATION_FAILURES.labels(label, "size").inc()
             self.fail(SizeMismatch(self.registry, self.size, self.written))
         elif self.expected is not None and self.expected.verifiable:
-            actual = self.staging.digest()
+            actual = Digest("sha256", self._sha256.hexdigest())
             if actual != self.expected:
                 metrics.VERIFICATION_FAILURES.labels(label, "digest").inc()
                 self.fail(DigestMismatch(self.registry, str(self.expected), str(actual)))
@@ -144,7 +170,7 @@ class Spool:
         self._wake()
 
     async def close(self, keep: bool) -> None:
-        """Release the file once the writer is done with it (closing a descriptor under a write
+        """Release the file once the threads are done with it (closing a descriptor under a write
         could let its number be reused by another file and written into); `keep` after commit."""
         await self._idle.wait()
         if keep:
@@ -214,3 +240,8 @@ class SpoolReader:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+def _update(sha256: hashlib._Hash, chunks: list[bytes]) -> None:
+    for chunk in chunks:
+        sha256.update(chunk)

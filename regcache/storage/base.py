@@ -110,16 +110,6 @@ class FileBacked(Protocol):
         they are still being written, raises when they never will be."""
 
 
-class ObjectReader(Protocol):
-    """An open stored object (being replaced by ByteSource)."""
-
-    size: int
-
-    def read(self, offset: int, length: int) -> bytes: ...
-
-    def close(self) -> None: ...
-
-
 class StagedObject(Protocol):
     """A fully written, verified file that a tier can make visible under a key."""
 

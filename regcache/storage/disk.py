@@ -42,13 +42,6 @@ class FileSource:
             yield chunk
 
     async def aclose(self) -> None:
-        self.close()
-
-    def read(self, offset: int, length: int) -> bytes:
-        """Old positional read (web/handlers.py, until it sends `chunks`)."""
-        return os.pread(self.fd, length, offset)
-
-    def close(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1

@@ -202,11 +202,6 @@ class S3Tier:
         found = await self.stat(key)
         return None if found is None else S3Source(self, key, found.size)
 
-    async def open_stream(self, key: str) -> tuple[ObjectInfo, AsyncIterator[bytes]] | None:
-        """Old form of `open` (cache/blobs.py, until it reads a ByteSource)."""
-        source = await self.open(key)
-        return None if source is None else (ObjectInfo(key, source.size), source.chunks())
-
     async def get_range(self, key: str, start: int, end: int) -> AsyncIterator[bytes]:
         """Bytes [start, end) of the object in chunks; TierUnavailable when S3 cannot deliver
         all of them (a dropped stream, an answer of another length), FileNotFoundError if gone."""

@@ -8,13 +8,10 @@ rename at commit or an unlink after a failure never pulls bytes from under them 
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import shutil
 import uuid
 from pathlib import Path
-
-from regcache.oci.digest import Digest
 
 STAGING_DIR = "staging"
 
@@ -28,10 +25,9 @@ class StagingFile:
         self.path = str(directory / uuid.uuid4().hex)
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
         self.size = 0
-        self._hash = hashlib.sha256()
 
-    def append(self, chunks: list[bytes]) -> None:
-        """Write and hash a batch of chunks with one system call (curl hands over 16 KiB pieces)."""
+    def write(self, chunks: list[bytes]) -> None:
+        """Write a batch of chunks with one system call; the caller hashes them (in parallel)."""
         total = sum(len(c) for c in chunks)
         written = os.writev(self.fd, chunks)
         if written < total:
@@ -39,8 +35,6 @@ class StagingFile:
             rest = memoryview(b"".join(chunks))[written:]
             while rest:
                 rest = rest[os.write(self.fd, rest) :]
-        for chunk in chunks:
-            self._hash.update(chunk)
         self.size += total
 
     def reserve(self, size: int) -> None:
@@ -55,9 +49,6 @@ class StagingFile:
             if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL):
                 return  # a filesystem without fallocate: find out while writing instead
             raise
-
-    def digest(self) -> Digest:
-        return Digest("sha256", self._hash.hexdigest())
 
     def sync(self) -> None:
         os.fdatasync(self.fd)

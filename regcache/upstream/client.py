@@ -2,16 +2,15 @@
 
 `fetch` answers with the whole (small) answer; `open` answers a 2xx with a stream to pull its
 body from, and anything else whole, so that it can be passed to the client unchanged. What to do
-with each answer on the way is decided by the pure `steps.next_step`; the transport (curl.py)
-owns every curl quirk.
+with each answer on the way is decided by the pure `steps.next_step`; the transport
+(transport.py) owns every curl quirk and receives bodies off the event loop.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,15 +19,16 @@ from tornado.httputil import HTTPHeaders
 from regcache.config import Settings
 from regcache.errors import RegcacheError
 from regcache.upstream.auth import Authenticator, TokenAnswer, TokenRequest
-from regcache.upstream.curl import Attempt, CurlTransport, Sink
 from regcache.upstream.guard import AddressGuard
 from regcache.upstream.proxy import combined_ca_bundle, origin_of, proxy_for
-from regcache.upstream.steps import Authenticate, Final, Follow, Progress, next_step
-from regcache.upstream.stream import UpstreamStream
+from regcache.upstream.steps import Authenticate, Final, Progress, next_step
+from regcache.upstream.transport import CurlTransport, Exchange
 
 log = logging.getLogger(__name__)
 
 MAX_ERROR_BODY = 1 << 20
+# Tokens come back small and fast, or not at all.
+TOKEN_TIMEOUT = 30.0
 # Hop-by-hop and framing headers are the connection's business, not the content's.
 _NOT_FORWARDED = frozenset(
     h.lower()
@@ -63,6 +63,10 @@ class UpstreamRequest:
     buffered_limit: int = MAX_ERROR_BODY
 
 
+# A 2xx answer whose body is still arriving: status, headers, size, chunks(), aclose().
+UpstreamStream = Exchange
+
+
 @dataclass
 class UpstreamResponse:
     status: int
@@ -80,9 +84,10 @@ class UpstreamClient:
     def __init__(self, settings: Settings, idle_timeout: float = 60.0, connect_timeout: float = 5.0) -> None:
         self._settings = settings
         self._ca_bundle = combined_ca_bundle(settings.upstream_ca) if settings.upstream_ca else None
-        self._transport = CurlTransport(self._ca_bundle, connect_timeout, idle_timeout)
+        # A thread per transfer in flight: every fill, and the small requests beside them.
+        threads = settings.max_fills + 64
+        self._transport = CurlTransport(self._ca_bundle, connect_timeout, idle_timeout, threads)
         self._auth = Authenticator(settings.creds, self._fetch_token)
-        self._streams: set[asyncio.Task[UpstreamResponse]] = set()
         self.guard = AddressGuard(settings)
 
     def close(self) -> None:
@@ -100,7 +105,11 @@ class UpstreamClient:
 
     async def fetch(self, request: UpstreamRequest) -> UpstreamResponse:
         """The registry's final answer, its body held (up to the request's limit)."""
-        return await self._exchanges(request, None)
+        answer = await self._final(request)
+        if isinstance(answer, UpstreamResponse):
+            return answer
+        body, truncated = await answer.read(request.buffered_limit)
+        return UpstreamResponse(answer.status, answer.headers, body, truncated)
 
     async def open(self, request: UpstreamRequest) -> UpstreamStream | UpstreamResponse:
         """A 2xx answer as a stream whose body is pulled as it arrives; any other answer whole.
@@ -108,26 +117,15 @@ class UpstreamClient:
         Returns as soon as the final answer's headers are known. Raises UpstreamError when the
         registry cannot be reached; a transfer that breaks later raises from the stream.
         """
-        stream = UpstreamStream()
+        answer = await self._final(request)
+        if isinstance(answer, UpstreamResponse) or 200 <= answer.status < 300:
+            return answer
+        body, truncated = await answer.read(request.buffered_limit)
+        return UpstreamResponse(answer.status, answer.headers, body, truncated)
 
-        async def transfer() -> UpstreamResponse:
-            try:
-                response = await self._exchanges(request, stream)
-            except RegcacheError as exc:
-                stream.finish(exc)
-                raise
-            stream.finish()
-            return response
-
-        task = asyncio.get_running_loop().create_task(transfer())
-        await asyncio.wait([stream.head, task], return_when=asyncio.FIRST_COMPLETED)
-        if not stream.head.done():
-            return task.result()  # not a 2xx (or not reachable: raises)
-        self._streams.add(task)
-        task.add_done_callback(_forget(self._streams))
-        return stream
-
-    async def _exchanges(self, request: UpstreamRequest, sink: Sink | None) -> UpstreamResponse:
+    async def _final(self, request: UpstreamRequest) -> Exchange | UpstreamResponse:
+        """The exchange whose answer is the request's (redirects followed, a 401 answered with
+        our credentials), or that answer already read."""
         self.guard.check_registry(request.registry)
         base = self.endpoint(request.registry)
         url = base + request.path
@@ -143,28 +141,25 @@ class UpstreamClient:
         progress = Progress(origin_of(url), url, request.method, has_credentials=creds is not None)
         while True:
             sent_auth = authorization if progress.same_origin else None
-            here = progress
-
-            def is_final(status: int, headers: HTTPHeaders, here: Progress = here) -> bool:
-                return isinstance(next_step(status, headers, here), Final)
-
-            attempt = Attempt(sink, is_final, request.buffered_limit)
-            pins = await self.guard.pin(request.registry, here.url, proxied=proxy_for(here.url) is not None)
-            await self._transport.send(
-                request.registry, here.method, here.url, request.headers, sent_auth, attempt, pins
-            )
-            step = next_step(attempt.status, attempt.headers, here)
-            progress = here.after(step)
-            if isinstance(step, Follow):
+            headers = dict(request.headers)
+            if sent_auth:
+                headers["Authorization"] = sent_auth
+            pins = await self.guard.pin(request.registry, progress.url, proxied=proxy_for(progress.url) is not None)
+            exchange = await self._transport.exchange(request.registry, progress.method, progress.url, headers, pins)
+            step = next_step(exchange.status, exchange.headers, progress)
+            progress = progress.after(step)
+            if isinstance(step, Final):
+                return exchange
+            if not isinstance(step, Authenticate):
+                await exchange.aclose()
                 continue
-            if isinstance(step, Authenticate):
-                authorization = await self._auth.answer(
-                    request.registry, request.repo, creds, step.challenge, rejected=sent_auth
-                )
-                if authorization is not None:
-                    continue
+            body, truncated = await exchange.read(request.buffered_limit)
+            authorization = await self._auth.answer(
+                request.registry, request.repo, creds, step.challenge, rejected=sent_auth
+            )
+            if authorization is None:
                 # The credentials were refused: the client gets the 401 and can authenticate itself.
-            return UpstreamResponse(attempt.status, attempt.headers, bytes(attempt.body), attempt.truncated)
+                return UpstreamResponse(exchange.status, exchange.headers, body, truncated)
 
     async def _fetch_token(self, request: TokenRequest) -> TokenAnswer:
         try:
@@ -172,18 +167,13 @@ class UpstreamClient:
         except RegcacheError as exc:
             log.warning("token realm %s refused: %s", origin_of(request.url), exc)
             return TokenAnswer(403, b"")
-        status, body, error = await self._transport.get_token(request.url, request.authorization, pins)
-        if status == 599:
-            log.warning("token realm %s unreachable: %s", origin_of(request.url), error)
-        return TokenAnswer(status, body)
-
-
-def _forget(tasks: set[asyncio.Task[UpstreamResponse]]) -> Callable[[asyncio.Task[UpstreamResponse]], None]:
-    """A done callback: the task leaves the set, its error already went to the stream."""
-
-    def done(task: asyncio.Task[UpstreamResponse]) -> None:
-        tasks.discard(task)
-        if not task.cancelled():
-            task.exception()  # reported through the stream
-
-    return done
+        headers = {"Authorization": request.authorization}
+        try:
+            exchange = await self._transport.exchange(
+                request.registry, "GET", request.url, headers, pins, timeout=TOKEN_TIMEOUT
+            )
+            body, _ = await exchange.read(MAX_ERROR_BODY)
+        except RegcacheError as exc:
+            log.warning("token realm %s unreachable: %s", origin_of(request.url), exc)
+            return TokenAnswer(599, b"")
+        return TokenAnswer(exchange.status, body)

@@ -161,6 +161,24 @@ def test_concurrent_clients_of_a_blob_only_in_s3_share_one_copy(start_s3_cache, 
     assert second.metrics()["regcache_fill_joins_total"] == 7
 
 
+def test_concurrent_clients_of_a_cold_blob_in_s3_mode_share_one_download(start_s3_cache, upstream):
+    """Clients that arrive while the first one asks S3 (and hears "not there") join its download."""
+    cache = start_s3_cache()
+    layer = upstream.big.layer_digests[0]
+    data = upstream.big.blob(layer)
+    results: list[bytes] = []
+    clients = [
+        threading.Thread(target=lambda: results.append(cache.blob(upstream.ns, BIG_REPO, layer).body)) for _ in range(8)
+    ]
+    for client in clients:
+        client.start()
+    for client in clients:
+        client.join(120)
+    assert results == [data] * 8
+    received = cache.metrics()[f'regcache_upstream_bytes_total{{registry="{upstream.ns}"}}']
+    assert received < 2 * len(data), f"{received / len(data):.1f} downloads of the blob for 8 clients"
+
+
 def test_range_requests_are_served_from_s3(start_s3_cache, weed, bucket, upstream):
     first = start_s3_cache()
     layer = upstream.app.layer_digests[2]

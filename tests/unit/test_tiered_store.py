@@ -14,8 +14,8 @@ from regcache.oci.digest import Digest
 from regcache.storage.base import ContentRejected, blob_key, manifest_key
 from regcache.storage.disk import DiskTier, StoredFile
 from regcache.storage.local_index import LocalIndex
-from regcache.storage.memory import InMemoryTier
 from regcache.storage.tiered import TieredStore
+from tests.memory_tier import InMemoryTier
 
 
 def staged(tmp_path: Path, data: bytes) -> StoredFile:
