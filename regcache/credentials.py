@@ -127,10 +127,11 @@ def _ecr_entry(where: str, value: dict[object, object]) -> EcrAuth:
     if region is not None and not _REGION_RE.fullmatch(region):
         raise ConfigError(f"{where}: ecr region {region!r} is not an AWS region such as eu-west-1")
     account = ecr.get("registry_id")
-    # YAML reads an unquoted account as a number, dropping leading zeros; they are put back.
-    registry_id = (f"{account:012d}" if isinstance(account, int) else str(account).strip()) if account else None
+    registry_id = str(account).strip() if account else None
     if registry_id is not None and not _ACCOUNT_RE.fullmatch(registry_id):
-        raise ConfigError(f"{where}: ecr registry_id {account!r} is not a 12-digit AWS account id")
+        # YAML reads unquoted digits as a number: an account with a leading 0 loses it (or is octal).
+        hint = " (quote it: YAML reads digits with a leading 0 as a number)" if isinstance(account, int) else ""
+        raise ConfigError(f"{where}: ecr registry_id {account!r} is not a 12-digit AWS account id{hint}")
     endpoint = str(ecr["endpoint"]).strip().rstrip("/") if ecr.get("endpoint") else None
     if endpoint is not None:
         parts = urllib.parse.urlsplit(endpoint)
