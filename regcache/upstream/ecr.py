@@ -84,19 +84,35 @@ def _describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+def _prepared_session() -> object:
+    """An aiobotocore session with ECR's service model loaded: run in a thread, since importing
+    botocore and reading its JSON models takes a second or more that the event loop, serving
+    every other pull, must not wait."""
+    from aiobotocore.session import get_session
+
+    session = get_session()
+    loader = session.get_component("data_loader")
+    for kind in ("service-2", "endpoint-rule-set-1"):
+        loader.load_service_model("ecr", kind)
+    for name in ("endpoints", "partitions"):
+        loader.load_data(name)
+    return session
+
+
 class AwsEcrApi:
     """GetAuthorizationToken through aiobotocore: the one place ECR's API is called."""
 
     def __init__(self) -> None:
         self._session: object = None  # one session: the AWS chain's credentials are resolved once, refreshed by it
+        self._preparing = asyncio.Lock()
 
     async def __call__(self, source: EcrAuth) -> EcrToken:
-        from aiobotocore.session import get_session
-        from botocore.config import Config
-
-        if self._session is None:
-            self._session = get_session()
+        async with self._preparing:
+            if self._session is None:
+                self._session = await asyncio.to_thread(_prepared_session)
         session = self._session
+        from botocore.config import Config  # imported by _prepared_session: no cost here
+
         config = Config(connect_timeout=3, read_timeout=10, retries={"max_attempts": 2, "mode": "standard"})
         # botocore reads AWS_DEFAULT_REGION and the profile's region, not AWS_REGION.
         region = source.region or os.environ.get("AWS_REGION") or None

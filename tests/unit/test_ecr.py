@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 
 import pytest
 
@@ -246,3 +247,10 @@ def test_bad_ecr_entries_name_the_problem(tmp_path, text, words):
     with pytest.raises(ConfigError) as info:
         load_creds_file(path)
     assert words in str(info.value) and str(path) in str(info.value)
+
+
+def test_the_example_creds_file_has_an_ecr_entry():
+    example = Path(__file__).resolve().parents[2] / "conf" / "creds.yaml"
+    store = load_creds_file(example)
+    entry = store.lookup("ecr.internal.example.com", "ecr.internal.example.com", "app")
+    assert entry == EcrAuth(region="eu-west-1", registry_id="123456789012")
