@@ -115,7 +115,11 @@ def test_an_ecr_host_is_pulled_with_a_token_from_ecr(make_regcache, moto, ecr_re
     assert anonymous.status == 401, "the stand-in registry must refuse clients without the token"
     calls_before = moto.api_calls()
     cache = make_regcache(
-        "--upstream", f"{ECR_HOST}={ecr_registry.url}", env=aws_env(tmp_path, AWS_ENDPOINT_URL_ECR=moto.url)
+        "--upstream",
+        f"{ECR_HOST}={ecr_registry.url}",
+        "--log-level",
+        "debug",  # where botocore logs API answers, the token's among them
+        env=aws_env(tmp_path, AWS_ENDPOINT_URL_ECR=moto.url),
     )
     pull_all(cache, ECR_HOST, image)
     assert refreshes(cache, ECR_HOST, "ok") == 1
@@ -162,11 +166,12 @@ def test_irsa_web_identity_with_a_creds_file_entry_marked_ecr(make_regcache, mot
         AWS_ENDPOINT_URL_STS=moto.url,
     )
     calls_before = moto.api_calls()
-    cache = make_regcache("--upstream", f"{name}={ecr_registry.url}", "-f", str(creds), env=env)
+    cache = make_regcache("--upstream", f"{name}={ecr_registry.url}", "-f", str(creds), "-l", "debug", env=env)
     pull_all(cache, name, image)
     assert refreshes(cache, name, "ok") == 1
     assert moto.api_calls() - calls_before == 2, "expected AssumeRoleWithWebIdentity, then GetAuthorizationToken"
     assert_no_token_in_log(cache)
+    assert token_file.read_text() not in cache.log(), "the web identity token is in the log"
 
 
 def test_ecr_down_gives_the_registry_s_401_and_one_log_line(make_regcache, ecr_registry, image, tmp_path):
