@@ -40,7 +40,13 @@ class EcrAuth:
     endpoint: str | None = None  # the ECR API (a VPC endpoint, or a stand-in in tests)
 
 
-CredentialEntry = Credentials | EcrAuth
+@dataclass(frozen=True)
+class NoCredentials:
+    """An entry `ecr: false`: regcache authenticates with nothing of its own at this registry,
+    not even an ECR token its AWS identity could get; clients authenticate themselves."""
+
+
+CredentialEntry = Credentials | EcrAuth | NoCredentials
 
 
 @dataclass(frozen=True)
@@ -110,16 +116,18 @@ def _password_entry(where: str, value: dict[object, object]) -> Credentials:
     return Credentials(str(value["username"]), str(value["password"]))
 
 
-def _ecr_entry(where: str, value: dict[object, object]) -> EcrAuth:
-    """`ecr: true`, `ecr: {}` or `ecr: {region, registry_id, endpoint}`, and nothing else."""
+def _ecr_entry(where: str, value: dict[object, object]) -> EcrAuth | NoCredentials:
+    """`ecr: true`, `ecr: {}`, `ecr: {region, registry_id, endpoint}` or `ecr: false`, alone."""
     others = sorted(str(k) for k in set(value) - {"ecr"})
     if others:
         raise ConfigError(f"{where} has ecr and {others}: ECR entries get their password from ECR, give none")
     ecr = value["ecr"]
     if ecr is None or ecr is True:
         return EcrAuth()
+    if ecr is False:
+        return NoCredentials()
     if not isinstance(ecr, dict):
-        raise ConfigError(f"{where}: ecr must be true or a mapping of {', '.join(ECR_KEYS)}")
+        raise ConfigError(f"{where}: ecr must be true, false or a mapping of {', '.join(ECR_KEYS)}")
     unknown = sorted(str(k) for k in set(ecr) - set(ECR_KEYS))
     if unknown:
         raise ConfigError(f"{where}: ecr has unknown keys {unknown} (known: {', '.join(ECR_KEYS)})")

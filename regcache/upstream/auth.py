@@ -18,7 +18,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
-from regcache.credentials import Credentials, CredentialStore, EcrAuth
+from regcache.credentials import Credentials, CredentialStore, NoCredentials
 from regcache.singleflight import SingleFlight
 from regcache.upstream.ecr import EcrCredentials, ecr_auth_for
 
@@ -101,11 +101,14 @@ class Authenticator:
     async def credentials(self, registry: str, endpoint_host: str, repo: str) -> Credentials | None:
         """What regcache authenticates with at this registry: a creds-file entry's password,
         or for an ECR registry (by host name or an `ecr` entry) a token from ECR; None when
-        neither applies or ECR cannot give one now (the client then gets the registry's 401)."""
+        neither applies, an entry says `ecr: false`, or ECR cannot give one now (the client
+        then gets the registry's 401)."""
         entry = self._creds.lookup(registry, endpoint_host, repo)
         if isinstance(entry, Credentials):
             return entry
-        source: EcrAuth | None = ecr_auth_for(registry, endpoint_host, entry)
+        if isinstance(entry, NoCredentials):
+            return None
+        source = ecr_auth_for(registry, endpoint_host, entry)
         if source is None:
             return None
         return await self._ecr.credentials(registry, source)

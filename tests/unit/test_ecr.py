@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from regcache.credentials import Credentials, CredentialStore, EcrAuth, load_creds_file
+from regcache.credentials import Credentials, CredentialStore, EcrAuth, NoCredentials, load_creds_file
 from regcache.errors import ConfigError
 from regcache.upstream.auth import Authenticator, TokenAnswer
 from regcache.upstream.ecr import (
@@ -186,6 +186,15 @@ def test_a_password_in_the_creds_file_wins_over_ecr():
     assert api.calls == []
 
 
+def test_ecr_false_keeps_regcache_s_aws_identity_out():
+    clock = Clock()
+    api = FakeEcr(clock)
+    store = CredentialStore({ECR_HOST: NoCredentials()})
+    auth = Authenticator(store, no_realm, ecr=EcrCredentials(api, clock))
+    assert asyncio.run(auth.credentials(ECR_HOST, ECR_HOST, "app")) is None
+    assert api.calls == []
+
+
 def test_ecr_hosts_and_ecr_entries_get_tokens_others_nothing():
     clock = Clock()
     api = FakeEcr(clock)
@@ -220,12 +229,15 @@ def test_creds_file_ecr_entries(tmp_path):
         "    registry_id: '012345678901'\n"
         "    endpoint: http://127.0.0.1:4566/\n"
         "bare.lan: {ecr: }\n"
+        "210987654321.dkr.ecr.us-east-1.amazonaws.com: {ecr: false}\n"
         "docker.io: {username: u, password: p}\n"
     )
     store = load_creds_file(path)
     assert store.lookup(ECR_HOST, ECR_HOST, "app") == EcrAuth()
     assert store.lookup("ecr.lan", "ecr.lan", "app") == EcrAuth("eu-central-1", "012345678901", "http://127.0.0.1:4566")
     assert store.lookup("bare.lan", "bare.lan", "app") == EcrAuth()
+    off = "210987654321.dkr.ecr.us-east-1.amazonaws.com"
+    assert store.lookup(off, off, "app") == NoCredentials()
     assert store.lookup("docker.io", "registry-1.docker.io", "x") == Credentials("u", "p")
 
 
@@ -233,7 +245,7 @@ def test_creds_file_ecr_entries(tmp_path):
     "text, words",
     [
         ("r.lan: {ecr: true, username: u}\n", "line 1: entry 'r.lan' has ecr and ['username']"),
-        ("r.lan: {ecr: yes-please}\n", "ecr must be true or a mapping"),
+        ("r.lan: {ecr: yes-please}\n", "ecr must be true, false or a mapping"),
         ("r.lan: {ecr: {zone: x}}\n", "ecr has unknown keys ['zone']"),
         ("r.lan: {ecr: {region: Europe}}\n", "ecr region 'Europe' is not an AWS region"),
         ("r.lan: {ecr: {registry_id: '123'}}\n", "ecr registry_id '123' is not a 12-digit AWS account id"),
