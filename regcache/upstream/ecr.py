@@ -107,19 +107,18 @@ class AwsEcrApi:
         self._preparing = asyncio.Lock()
 
     async def __call__(self, source: EcrAuth) -> EcrToken:
-        async with self._preparing:
-            if self._session is None:
-                self._session = await asyncio.to_thread(_prepared_session)
-        session = self._session
-        from botocore.config import Config  # imported by _prepared_session: no cost here
-
-        config = Config(connect_timeout=3, read_timeout=10, retries={"max_attempts": 2, "mode": "standard"})
         # botocore reads AWS_DEFAULT_REGION and the profile's region, not AWS_REGION.
         region = source.region or os.environ.get("AWS_REGION") or None
         # endpoint None: botocore's own choice, AWS_ENDPOINT_URL_ECR or AWS_ENDPOINT_URL included.
         ask = {"registryIds": [source.registry_id]} if source.registry_id else {}
         try:
-            async with session.create_client(  # type: ignore[attr-defined]
+            async with self._preparing:
+                if self._session is None:
+                    self._session = await asyncio.to_thread(_prepared_session)
+            from botocore.config import Config  # imported by _prepared_session: no cost here
+
+            config = Config(connect_timeout=3, read_timeout=10, retries={"max_attempts": 2, "mode": "standard"})
+            async with self._session.create_client(  # type: ignore[attr-defined]
                 "ecr", region_name=region, endpoint_url=source.endpoint, config=config
             ) as client:
                 answer = await client.get_authorization_token(**ask)
