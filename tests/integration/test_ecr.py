@@ -23,7 +23,7 @@ from regcache.credentials import EcrAuth
 from regcache.upstream.ecr import AwsEcrApi, EcrUnavailable
 from tests.peers.images import Image, build_image, make_layer, push, random_layer
 from tests.peers.moto import MotoServer, ecr_credentials
-from tests.peers.net import free_port
+from tests.peers.net import PROXY_VARS, free_port
 from tests.peers.registry import Registry
 from tests.support import Regcache, log_lines, request
 
@@ -99,6 +99,8 @@ def ecr_registry(tmp_path_factory: pytest.TempPathFactory, image: Image) -> Iter
 
 def test_the_api_call_decodes_moto_s_token(moto, monkeypatch):
     """The one aiobotocore call, in-process: registryIds asked for, expiresAt read."""
+    for name in (*PROXY_VARS, "AWS_CA_BUNDLE"):
+        monkeypatch.delenv(name, raising=False)
     for name, value in aws_env(Path("/nonexistent")).items():
         monkeypatch.setenv(name, value)
     token = asyncio.run(AwsEcrApi()(EcrAuth(region="eu-west-1", registry_id="210987654321", endpoint=moto.url)))
