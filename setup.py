@@ -38,7 +38,7 @@ setup(
         "prometheus-client",
         "PyYAML",
         "configargparse",
-        # The S3 tier (--bucket).
+        # The S3 tier (--bucket) and Amazon ECR tokens (GetAuthorizationToken).
         "aiobotocore>=2.19",
     ],
     entry_points={"console_scripts": ["regcache=regcache.cli:main"]},

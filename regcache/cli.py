@@ -67,6 +67,10 @@ def configure_logging(level: str) -> None:
     )
     # Tornado's own access log would repeat ours.
     logging.getLogger("tornado.access").setLevel(logging.WARNING)
+    # botocore's debug output carries credentials: every request's parameters (IRSA's web identity
+    # token) and every answer's body (an ECR registry token, the role's keys from STS).
+    for name in ("botocore", "aiobotocore"):
+        logging.getLogger(name).setLevel(max(logging.INFO, getattr(logging, level.upper())))
 
 
 def main(argv: list[str] | None = None) -> int:

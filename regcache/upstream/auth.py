@@ -1,8 +1,9 @@
 """Upstream authentication: WWW-Authenticate parsing, Basic and Bearer token flows, token cache.
 
-Credentials reach only their registry and the token realm that registry names; tokens are cached
-per registry and repository until shortly before they expire, and concurrent requests for the
-same scope share one token fetch.
+Credentials come from the creds file, or for Amazon ECR from ECR's API (ecr.py). They reach only
+their registry and the token realm that registry names; tokens are cached per registry and
+repository until shortly before they expire (or until the credentials they were made from
+change, as an ECR token does), and concurrent requests for the same scope share one token fetch.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
-from regcache.config import Credentials, CredentialStore
+from regcache.credentials import Credentials, CredentialStore, NoCredentials
 from regcache.singleflight import SingleFlight
+from regcache.upstream.ecr import EcrCredentials, ecr_auth_for
 
 log = logging.getLogger(__name__)
 
@@ -83,25 +85,45 @@ class Authenticator:
     """Turns configured credentials into Authorization headers for one registry and repository."""
 
     def __init__(
-        self, creds: CredentialStore, fetch_token: TokenFetcher, clock: Callable[[], float] = time.monotonic
+        self,
+        creds: CredentialStore,
+        fetch_token: TokenFetcher,
+        clock: Callable[[], float] = time.monotonic,
+        ecr: EcrCredentials | None = None,
     ) -> None:
         self._creds = creds
         self._fetch_token = fetch_token
         self._clock = clock
-        self._headers: OrderedDict[tuple[str, str], tuple[str, float]] = OrderedDict()
+        self._ecr = ecr or EcrCredentials()
+        self._headers: OrderedDict[tuple[str, str], tuple[str, float, Credentials]] = OrderedDict()
         self._fetches: SingleFlight[tuple[str, str], str | None] = SingleFlight()
 
-    def credentials(self, registry: str, endpoint_host: str, repo: str) -> Credentials | None:
-        return self._creds.lookup(registry, endpoint_host, repo)
+    async def credentials(self, registry: str, endpoint_host: str, repo: str) -> Credentials | None:
+        """What regcache authenticates with at this registry: a creds-file entry's password,
+        or for an ECR registry (by host name or an `ecr` entry) a token from ECR; None when
+        neither applies, an entry says `ecr: false`, or ECR cannot give one now (the client
+        then gets the registry's 401)."""
+        entry = self._creds.lookup(registry, endpoint_host, repo)
+        if isinstance(entry, Credentials):
+            return entry
+        if isinstance(entry, NoCredentials):
+            return None
+        source = ecr_auth_for(registry, endpoint_host, entry)
+        if source is None:
+            return None
+        return await self._ecr.credentials(registry, source)
 
-    def cached_header(self, registry: str, repo: str) -> str | None:
+    def cached_header(self, registry: str, repo: str, creds: Credentials | None = None) -> str | None:
+        """The cached Authorization for a repository; with `creds`, only one made from them."""
         entry = self._headers.get((registry, repo))
         if entry is None:
             return None
-        header, expires_at = entry
+        header, expires_at, made_from = entry
         if self._clock() >= expires_at:
             del self._headers[(registry, repo)]
             return None
+        if creds is not None and made_from != creds:
+            return None  # made from a token ECR has since replaced
         return header
 
     def forget(self, registry: str, repo: str) -> None:
@@ -117,7 +139,7 @@ class Authenticator:
         concurrent callers for the same registry and repository share one token fetch.
         """
         key = (registry, repo)
-        current = self.cached_header(registry, repo)
+        current = self.cached_header(registry, repo, creds)
         if current is not None and current != rejected:
             return current
         self.forget(registry, repo)
@@ -125,7 +147,7 @@ class Authenticator:
         async def fetch() -> str | None:
             header, lifetime = await self._answer(registry, repo, creds, challenge_header)
             if header is not None:
-                self._headers[key] = (header, self._clock() + lifetime)
+                self._headers[key] = (header, self._clock() + lifetime, creds)
                 while len(self._headers) > MAX_CACHED_HEADERS:
                     self._headers.popitem(last=False)  # the oldest: repositories are many
             return header

@@ -133,11 +133,11 @@ class UpstreamClient:
         creds = (
             None
             if request.client_authorization
-            else self._auth.credentials(request.registry, endpoint_host, request.repo)
+            else await self._auth.credentials(request.registry, endpoint_host, request.repo)
         )
         authorization = request.client_authorization
         if creds is not None:
-            authorization = self._auth.cached_header(request.registry, request.repo)
+            authorization = self._auth.cached_header(request.registry, request.repo, creds)
         progress = Progress(origin_of(url), url, request.method, has_credentials=creds is not None)
         while True:
             sent_auth = authorization if progress.same_origin else None
