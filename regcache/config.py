@@ -302,7 +302,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("--tag-ttl", "5m", parse_duration, metavar="DURATION",
            help="serve a cached tag this long (30s, 5m, 1h), then revalidate it with a HEAD upstream"),
     Option("--allow-registry", [], _registry_globs, into="allow_registries", metavar="PATTERN", action="append",
-           help="glob of ns values served (repeatable; default '*': every registry)"),
+           help="glob of registries served, named by ns or first in the path (repeatable; default '*': every registry)"),
     Option("--max-fills", 128, _AT_LEAST_ONE, type=int, metavar="N",
            help="upstream downloads into the cache at once; more cold blobs get 503 (the registry serves them)"),
     Option("--max-fill-clients", 256, _AT_LEAST_ONE, type=int, metavar="N",
