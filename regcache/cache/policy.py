@@ -1,4 +1,4 @@
-"""What may be stored: --cache-manifests, --skip-tags and --private-registry, decided in one place."""
+"""What may be stored: --cache-manifests, --skip-tags, --skip-repos and --private-registry, decided in one place."""
 
 from __future__ import annotations
 
@@ -15,10 +15,22 @@ class Policy:
     skip_tags: re.Pattern[str] | None = None
     private_registries: frozenset[str] = frozenset()
     tag_ttl: float = 300.0
+    skip_repos: re.Pattern[str] | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Policy:
-        return cls(settings.cache_manifests, settings.skip_tags, settings.private_registries, settings.tag_ttl)
+        return cls(
+            settings.cache_manifests,
+            settings.skip_tags,
+            settings.private_registries,
+            settings.tag_ttl,
+            settings.skip_repos,
+        )
+
+    def repo_is_skipped(self, registry: str, repo: str) -> bool:
+        """--skip-repos, searched in `<registry>/<repository>`: such content is never stored,
+        manifests and blobs alike, so it is always fetched (and never served from the cache)."""
+        return self.skip_repos is not None and self.skip_repos.search(f"{registry}/{repo}") is not None
 
     def tag_is_fresh(self, fetched_at: float | None, now: float) -> bool:
         """Whether a stored tag may be served without asking the registry (--tag-ttl).
@@ -36,6 +48,8 @@ class Policy:
             return "cache-manifests=no"
         if ref.registry in self.private_registries:
             return "private-registry"
+        if self.repo_is_skipped(ref.registry, ref.repo):
+            return "skip-repos"
         if ref.digest is not None and not ref.digest.verifiable:
             return "unverifiable-digest"
         if ref.tag is not None and self.skip_tags is not None and self.skip_tags.search(ref.tag):

@@ -1,8 +1,8 @@
 """Bytes that are checked while they pass: size and sha256, the last byte held back until both
 agree, so a client never holds a complete-looking body that is not the object.
 
-Used where the bytes are not stored on the way (the cache's own storage is broken): a stored
-object is verified by its spool instead.
+Used where the bytes are not stored on the way (the cache's own storage is broken, or
+--skip-repos names the repository): a stored object is verified by its spool instead.
 """
 
 from __future__ import annotations

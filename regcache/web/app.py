@@ -6,7 +6,6 @@ import asyncio
 import logging
 import signal
 
-from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 from tornado.web import Application
 
@@ -34,6 +33,7 @@ from regcache.web.handlers import (
     UploadHandler,
     log_request,
 )
+from regcache.web.plain_http import PlainHTTPServer
 from regcache.web.services import Services
 
 log = logging.getLogger(__name__)
@@ -150,17 +150,19 @@ async def _serve(settings: Settings, store: TieredStore, ready: asyncio.Future[i
         return settings.s3_redirect and registry not in private
 
     health = StorageHealth()
+    policy = Policy.from_settings(settings)
     services = Services(
-        blobs=BlobService(store, upstream, fills, root, health, redirect),
-        manifests=ManifestService(store, upstream, Policy.from_settings(settings)),
+        blobs=BlobService(store, upstream, fills, root, health, redirect, policy),
+        manifests=ManifestService(store, upstream, policy),
         disk=disk,
         health=health,
         guard=upstream.guard,
+        upstream_names=frozenset(settings.upstreams),
         tracker=tracker,
         client_idle_timeout=settings.client_idle_timeout,
     )
     app = make_app(services)
-    server = HTTPServer(
+    server = PlainHTTPServer(
         app, xheaders=False, max_header_size=MAX_HEADER_SIZE, idle_connection_timeout=settings.client_idle_timeout
     )
     try:

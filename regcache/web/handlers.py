@@ -16,14 +16,14 @@ from regcache import metrics
 from regcache.cache.blobs import Body, Redirect, UpstreamAnswer
 from regcache.cache.context import ClientContext
 from regcache.cache.manifests import Manifest, upstream_unavailable
-from regcache.config import DOCKER_HUB
-from regcache.errors import BadRequest, RegcacheError
+from regcache.errors import RegcacheError
 from regcache.oci import mediatypes
 from regcache.oci.digest import Digest
-from regcache.oci.reference import parse_blob_ref, parse_manifest_ref, parse_registry
+from regcache.oci.reference import parse_blob_ref, parse_manifest_ref
 from regcache.upstream.client import UpstreamResponse
 from regcache.web.errors import error_body, error_for
 from regcache.web.ranges import ByteRange, Unsatisfiable, parse_range
+from regcache.web.routing import Route, route
 from regcache.web.services import Services
 from regcache.web.streaming import BodyWriter
 
@@ -32,12 +32,15 @@ access_log = logging.getLogger("regcache.access")
 
 QUIET_PATHS = frozenset(("/healthz", "/readyz", "/metrics"))
 API_VERSION = ("Docker-Distribution-Api-Version", "registry/2.0")
+# distribution-spec "Registry Proxying": a registry that scopes requests by ns SHOULD return it.
+NAMESPACE_HEADER = "OCI-Namespace"
 
 
 class BaseHandler(BodyWriter):
     """JSON errors in the OCI format, the request counters and the request log's fields."""
 
     kind = "other"
+    namespace: str | None = None  # the registry a client scoped its request to, once routed
 
     def initialize(self, services: Services) -> None:
         self.services = services
@@ -68,7 +71,10 @@ class BaseHandler(BodyWriter):
         metrics.REQUESTS.labels(self.kind, self.request.method, str(self.get_status())).inc()
 
     def set_default_headers(self) -> None:
+        # Also called when an error replaces the answer: the namespace stays on it.
         self.set_header(*API_VERSION)
+        if self.namespace is not None:
+            self.set_header(NAMESPACE_HEADER, self.namespace)
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
@@ -95,22 +101,23 @@ class BaseHandler(BodyWriter):
         self.finish(error_body(code, message))
 
     # --- the parts of a request that matter below the web layer ---------------------------------
-    def origin_registry(self) -> str:
-        ns = self.get_query_argument("ns", None)
-        if ns is None:
-            # Docker's registry-mirrors only ever mirror Docker Hub and send no ns.
-            if not self.request.headers.get("User-Agent", "").startswith("docker/"):
-                raise BadRequest(
-                    "UNSUPPORTED",
-                    "missing ns query argument: configure containerd to use regcache as a mirror (hosts.toml), which sends ?ns=<registry>",
-                )
-            self.registry = DOCKER_HUB
-        else:
-            self.registry = parse_registry(ns)
+    def routed(self, name: str) -> Route:
+        """The registry and repository a pull names (ns, the path, or Docker's mirror), checked
+        by the guard. From here on every answer, errors included, carries OCI-Namespace."""
+        found = route(
+            name,
+            self.get_query_argument("ns", None),
+            self.request.headers.get("User-Agent", ""),
+            self.services.upstream_names,
+        )
+        self.registry = found.registry
+        self.namespace = found.namespace
+        if self.namespace is not None:
+            self.set_header(NAMESPACE_HEADER, self.namespace)
         guard = self.services.guard
         if guard is not None:
-            guard.check_registry(self.registry)  # --allow-registry, IP literals: 403
-        return self.registry
+            guard.check_registry(found.registry)  # --allow-registry, IP literals: 403
+        return found
 
     def client_context(self) -> ClientContext:
         return ClientContext(
@@ -134,6 +141,8 @@ class BaseHandler(BodyWriter):
         self.clear_header("Content-Type")
         seen: set[str] = set()
         for name, value in response.forwardable_headers():
+            if name.lower() == NAMESPACE_HEADER.lower():
+                continue  # the namespace is ours to name (an upstream may be another proxy)
             if name.lower() in seen:
                 self.add_header(name, value)
             else:
@@ -175,8 +184,9 @@ class PingHandler(BaseHandler):
 class ManifestHandler(BaseHandler):
     kind = "manifest"
 
-    async def get(self, repo: str, reference: str, include_body: bool = True) -> None:
-        ref = parse_manifest_ref(self.origin_registry(), repo, reference)
+    async def get(self, name: str, reference: str, include_body: bool = True) -> None:
+        origin = self.routed(name)
+        ref = parse_manifest_ref(origin.registry, origin.repo, reference)
         answer = await self.services.manifests.get(ref, self.client_context())
         self.cache_result = answer.result
         metrics.CACHE_RESULTS.labels(answer.result).inc()
@@ -186,8 +196,8 @@ class ManifestHandler(BaseHandler):
         assert answer.manifest is not None
         self._send_manifest(answer.manifest, include_body, answer.result == "hit")
 
-    async def head(self, repo: str, reference: str) -> None:
-        await self.get(repo, reference, include_body=False)
+    async def head(self, name: str, reference: str) -> None:
+        await self.get(name, reference, include_body=False)
 
     def _send_manifest(self, manifest: Manifest, include_body: bool, hit: bool) -> None:
         self.set_header("Content-Type", manifest.media_type)
@@ -204,12 +214,14 @@ class ManifestHandler(BaseHandler):
 class BlobHandler(BaseHandler):
     kind = "blob"
 
-    async def get(self, repo: str, digest: str) -> None:
-        ref = parse_blob_ref(self.origin_registry(), repo, digest)
+    async def get(self, name: str, digest: str) -> None:
+        origin = self.routed(name)
+        ref = parse_blob_ref(origin.registry, origin.repo, digest)
         await self._send(await self.services.blobs.get(ref, self.client_context()), ref.digest)
 
-    async def head(self, repo: str, digest: str) -> None:
-        ref = parse_blob_ref(self.origin_registry(), repo, digest)
+    async def head(self, name: str, digest: str) -> None:
+        origin = self.routed(name)
+        ref = parse_blob_ref(origin.registry, origin.repo, digest)
         await self._send(await self.services.blobs.head(ref, self.client_context()), ref.digest)
 
     async def _send(self, answer: Body | Redirect | UpstreamAnswer, digest: Digest) -> None:

@@ -27,5 +27,7 @@ class Services:
     disk: DiskTier
     health: StorageHealth
     guard: AddressGuard | None = None
+    # Registry names given by --upstream (and docker.io): a path starting with one names it.
+    upstream_names: frozenset[str] = frozenset()
     tracker: Tracker | None = None
     client_idle_timeout: float | None = None

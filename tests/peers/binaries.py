@@ -26,6 +26,7 @@ PACKAGES: dict[str, str] = {
     "containerd": "apt-get install containerd",
     "ctr": "apt-get install containerd",
     "skopeo": "apt-get install skopeo",
+    "podman": "apt-get install podman",
     "tinyproxy": "apt-get install tinyproxy",
     "nginx": "apt-get install nginx",
     "htpasswd": "apt-get install apache2-utils",

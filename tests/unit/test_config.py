@@ -148,6 +148,19 @@ def test_skip_tags_is_searched_and_empty_disables():
         settings("-t", "(")
 
 
+def test_skip_repos_is_off_by_default_and_set_like_the_other_options(monkeypatch, tmp_path, no_regcache_env):
+    assert settings().skip_repos is None
+    assert settings("--skip-repos", r"^ghcr\.io/org/").skip_repos.search("ghcr.io/org/app")
+    monkeypatch.setenv("REGCACHE_SKIP_REPOS", "/nightly-")
+    assert settings().skip_repos.pattern == "/nightly-"
+    monkeypatch.delenv("REGCACHE_SKIP_REPOS")
+    path = tmp_path / "regcache.yaml"
+    path.write_text("skip-repos: ^quay\\.io/\n")
+    assert settings("-c", str(path)).skip_repos.search("quay.io/team/app")
+    with pytest.raises(ConfigError, match="--skip-repos"):
+        settings("--skip-repos", "[")
+
+
 @pytest.mark.parametrize(
     "text, seconds", [("300", 300.0), ("30s", 30.0), ("5m", 300.0), ("1h", 3600.0), ("250ms", 0.25), ("0", 0.0)]
 )

@@ -39,3 +39,13 @@ def test_unverifiable_digests_are_never_stored():
 
 def test_no_skip_pattern_stores_latest():
     assert Policy(skip_tags=None).manifest_skip_reason(ref("latest")) is None
+
+
+def test_skip_repos_is_searched_in_registry_slash_repository():
+    policy = Policy(skip_repos=re.compile(r"^ghcr\.io/org/|/nightly-"))
+    assert policy.manifest_skip_reason(parse_manifest_ref("ghcr.io", "org/app", "1.0")) == "skip-repos"
+    assert policy.manifest_skip_reason(parse_manifest_ref("ghcr.io", "org/app", SHA)) == "skip-repos"
+    assert policy.manifest_skip_reason(parse_manifest_ref("quay.io", "team/nightly-build", "1")) == "skip-repos"
+    assert policy.manifest_skip_reason(parse_manifest_ref("ghcr.io", "other/org/app", "1.0")) is None
+    assert policy.repo_is_skipped("ghcr.io", "org/app") and not policy.repo_is_skipped("docker.io", "org/app")
+    assert not Policy().repo_is_skipped("ghcr.io", "org/app")
