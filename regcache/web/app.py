@@ -12,6 +12,7 @@ from tornado.web import Application
 
 from regcache.cache.blobs import BlobService
 from regcache.cache.fill import FillMap
+from regcache.cache.lists import ListService
 from regcache.cache.manifests import ManifestService
 from regcache.cache.policy import Policy
 from regcache.config import Settings
@@ -34,6 +35,7 @@ from regcache.web.handlers import (
     UploadHandler,
     log_request,
 )
+from regcache.web.lists import ReferrersHandler, TagListHandler
 from regcache.web.services import Services
 
 log = logging.getLogger(__name__)
@@ -77,6 +79,8 @@ def make_app(services: Services) -> Application:
         (rf"/v2/{NAME}/manifests/([^/]+)", ManifestHandler, args),
         (rf"/v2/{NAME}/blobs/uploads/?.*", UploadHandler, args),
         (rf"/v2/{NAME}/blobs/([^/]+)", BlobHandler, args),
+        (rf"/v2/{NAME}/tags/list", TagListHandler, args),
+        (rf"/v2/{NAME}/referrers/([^/]+)", ReferrersHandler, args),
         (r"/metrics", MetricsHandler, args),
         (r"/healthz", HealthHandler, args),
         (r"/readyz", ReadyHandler, args),
@@ -150,9 +154,11 @@ async def _serve(settings: Settings, store: TieredStore, ready: asyncio.Future[i
         return settings.s3_redirect and registry not in private
 
     health = StorageHealth()
+    policy = Policy.from_settings(settings)
     services = Services(
         blobs=BlobService(store, upstream, fills, root, health, redirect),
-        manifests=ManifestService(store, upstream, Policy.from_settings(settings)),
+        manifests=ManifestService(store, upstream, policy),
+        lists=ListService(store, upstream, policy),
         disk=disk,
         health=health,
         guard=upstream.guard,

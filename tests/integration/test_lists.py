@@ -1,0 +1,445 @@
+"""Tag lists and referrers through the cache (README "Tag lists and referrers").
+
+Against a real distribution registry (docker-registry 2.8): tags/list pages whose `Link` leads
+back to the cache, the last good page served while the registry is down, a 401 passed through,
+its lack of the referrers API (404) passed through, and the `sha256-<hex>` tag schema clients
+fall back to. The referrers API itself, and outages on it, come from the in-process fake.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+import urllib.parse
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.fakes import FakeHandler, drop_before_headers
+from tests.peers.images import Image, build_image, make_layer, push
+from tests.peers.registry import Registry
+from tests.support import Regcache, log_lines, request, wait_until
+
+REPO = "lists/app"
+TAGS = ["1.0", "1.1", "2.0", "edge"]
+USER, PASSWORD = "dora", "lists-pw-6e1f0b2a"
+INDEX = "application/vnd.oci.image.index.v1+json"
+SIGNATURE_TYPE = "application/vnd.dev.cosign.artifact.sig.v1+json"
+TTL = 1.0
+
+
+def basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+@dataclass
+class Listed:
+    registry: Registry
+    image: Image  # REPO at every tag of TAGS
+    signature: Image  # REPO:sha256-<hex of image's manifest>, as cosign tags a signature
+
+    @property
+    def ns(self) -> str:
+        return self.registry.host
+
+    @property
+    def fallback_tag(self) -> str:
+        return self.image.manifest_digest.replace(":", "-")
+
+
+@pytest.fixture(scope="module")
+def listed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Listed]:
+    layout = tmp_path_factory.mktemp("lists-layout")
+    layers = [make_layer({"etc/lists.txt": b"listed\n"})]
+    image = build_image(layout, layers, "1.0")
+    signature = build_image(layout, layers, "sig", labels={"signature": "yes"})
+    registry = Registry(tmp_path_factory.mktemp("lists-registry")).start()
+    try:
+        for tag in TAGS:
+            push(image, f"{registry.host}/{REPO}:{tag}")
+        listed = Listed(registry, image, signature)
+        push(signature, f"{registry.host}/{REPO}:{listed.fallback_tag}")
+        yield listed
+    finally:
+        registry.close()
+
+
+@pytest.fixture(scope="module")
+def locked(tmp_path_factory: pytest.TempPathFactory, listed: Listed) -> Iterator[Registry]:
+    registry = Registry(tmp_path_factory.mktemp("lists-locked"), htpasswd=(USER, PASSWORD)).start()
+    try:
+        push(listed.image, f"{registry.host}/{REPO}:1.0", creds=(USER, PASSWORD))
+        yield registry
+    finally:
+        registry.close()
+
+
+def list_tags(cache: Regcache, ns: str | None, repo: str = REPO, query: str = "", **headers: str):
+    arguments = [query] if query else []
+    if ns is not None:
+        arguments.append("ns=" + urllib.parse.quote(ns, safe=":"))
+    return request(f"{cache.url}/v2/{repo}/tags/list?{'&'.join(arguments)}", headers=headers)
+
+
+def next_link(link: str | None) -> str | None:
+    if link is None:
+        return None
+    assert link.startswith("<") and '>; rel="next"' in link, link
+    return link[1 : link.index(">")]
+
+
+def stale_count(cache: Regcache, ns: str, kind: str) -> float:
+    return cache.metrics().get(f'regcache_stale_served_total{{kind="{kind}",registry="{ns}"}}', 0.0)
+
+
+def kept_lists(cache: Regcache) -> list[Path]:
+    return cache.stored_files("lists")
+
+
+# --- tags/list against distribution ----------------------------------------------------------------
+def test_a_tag_list_comes_from_the_registry_with_the_clients_arguments(make_regcache, listed):
+    cache = make_regcache("--upstream", f"{listed.ns}={listed.registry.url}")
+    whole = list_tags(cache, listed.ns)
+    assert whole.status == 200, whole.body
+    assert whole.body == request(f"{listed.registry.url}/v2/{REPO}/tags/list").body
+    assert json.loads(whole.body)["name"] == REPO
+    assert sorted(json.loads(whole.body)["tags"]) == sorted([*TAGS, listed.fallback_tag])
+    # docker-registry 2.8 does not page tag lists (distribution 3 does: the fake below), but the
+    # arguments reach it as the client sent them, and the cache's own ns does not.
+    page = list_tags(cache, listed.ns, query="n=2&last=1.1")
+    assert page.status == 200
+    [asked] = [e for e in listed.registry.requests() if e.path == f"/v2/{REPO}/tags/list" and e.query]
+    assert urllib.parse.parse_qs(asked.query) == {"n": ["2"], "last": ["1.1"]}
+    assert cache.metrics()['regcache_requests_total{kind="tags",method="GET",status="200"}'] == 2
+
+
+def paging_registry(tags: list[str]):
+    """A tags/list that pages as distribution 3 does: sorted, `n` and `last`, a relative Link."""
+
+    def behaviour(h: FakeHandler) -> None:
+        path, _, query = h.path.partition("?")
+        arguments = urllib.parse.parse_qs(query)
+        after = [t for t in sorted(tags) if t > arguments.get("last", [""])[0]]
+        n = int(arguments.get("n", [str(len(after))])[0])
+        headers = {}
+        if len(after) > n:
+            headers["Link"] = f'<{path}?last={after[n - 1]}&n={n}>; rel="next"'
+        h.send_json(200, json.dumps({"name": REPO, "tags": after[:n]}).encode(), headers)
+
+    return behaviour
+
+
+def test_tag_list_pages_are_followed_through_the_cache_and_kept_page_by_page(make_regcache, fake):
+    cache = make_regcache(*fake.upstream_arg(), "--upstream-idle-timeout", "1")
+    tags = [f"v{i}" for i in range(7)]
+    fake.routes[f"/v2/{REPO}/tags/list"] = paging_registry(tags)
+    seen: list[str] = []
+    links: list[str] = []
+    page = list_tags(cache, fake.ns, query="n=3")
+    while True:
+        assert page.status == 200, page.body
+        seen += json.loads(page.body)["tags"]
+        target = next_link(page.header("Link"))
+        if target is None:
+            break
+        links.append(target)
+        page = request(cache.url + target)
+    assert seen == tags
+    # Relative as the registry wrote them, on the cache's own path, with the client's ns.
+    assert links == [
+        f"/v2/{REPO}/tags/list?last=v2&n=3&ns={fake.ns}",
+        f"/v2/{REPO}/tags/list?last=v5&n=3&ns={fake.ns}",
+    ]
+    asked = [s for s in fake.seen if s.path == f"/v2/{REPO}/tags/list"]
+    assert len(asked) == 3 and len(kept_lists(cache)) == 3, "each page is kept on its own"
+    # The registry goes away: every page still comes, and still leads to the next.
+    fake.routes[f"/v2/{REPO}/tags/list"] = drop_before_headers()
+    again = list_tags(cache, fake.ns, query="n=3")
+    assert json.loads(again.body)["tags"] == tags[:3]
+    stale_next = next_link(again.header("Link"))
+    assert stale_next == links[0] and request(cache.url + stale_next).status == 200
+    assert stale_count(cache, fake.ns, "tags") == 2
+
+
+def test_a_tag_list_is_asked_for_every_time_so_a_new_tag_shows_at_once(make_regcache, listed):
+    cache = make_regcache("--upstream", f"{listed.ns}={listed.registry.url}", "--tag-ttl", "1h")
+    repo = "lists/growing"
+    push(listed.image, f"{listed.ns}/{repo}:a")
+    assert json.loads(list_tags(cache, listed.ns, repo).body)["tags"] == ["a"]
+    push(listed.image, f"{listed.ns}/{repo}:b")
+    assert sorted(json.loads(list_tags(cache, listed.ns, repo).body)["tags"]) == ["a", "b"]
+
+
+def test_the_last_good_page_is_served_while_the_registry_is_down(make_regcache, listed):
+    cache = make_regcache("--upstream", f"{listed.ns}={listed.registry.url}", "--upstream-idle-timeout", "2")
+    first = list_tags(cache, listed.ns, query="n=2")
+    assert first.status == 200
+    assert len(kept_lists(cache)) == 1
+    listed.registry.stop()
+    try:
+        stale = list_tags(cache, listed.ns, query="n=2")
+        assert stale.status == 200 and stale.body == first.body
+        assert stale.header("Link") == first.header("Link"), "the kept page still leads on through the cache"
+        assert stale_count(cache, listed.ns, "tags") == 1
+        assert wait_until(
+            lambda: log_lines(cache.log(), r"WARNING .*tags of .*lists/app: registry .*serving the answer")
+        )
+        # A page never fetched needs the registry: 502 sends the client to it.
+        assert list_tags(cache, listed.ns, query="n=3").status == 502
+    finally:
+        listed.registry.start()
+    assert list_tags(cache, listed.ns, query="n=2").status == 200
+    assert stale_count(cache, listed.ns, "tags") == 1
+
+
+def test_a_registry_that_wants_a_login_gets_its_401_through_and_the_clients_login_up(make_regcache, locked):
+    cache = make_regcache("--upstream", f"{locked.host}={locked.url}")
+    refused = list_tags(cache, locked.host)
+    direct = request(f"{locked.url}/v2/{REPO}/tags/list")
+    assert refused.status == 401 == direct.status
+    assert refused.header("WWW-Authenticate") == direct.header("WWW-Authenticate")
+    assert "Basic" in (refused.header("WWW-Authenticate") or "")
+    assert refused.body == direct.body
+    allowed = list_tags(cache, locked.host, Authorization=basic(USER, PASSWORD))
+    assert allowed.status == 200 and json.loads(allowed.body)["tags"] == ["1.0"]
+    assert list_tags(cache, locked.host).status == 401, "a list fetched with one client's login is not another's"
+    assert cache.cache_count("skip") == 2
+
+
+def test_the_creds_file_answers_the_registrys_login_for_a_tag_list(make_regcache, locked, tmp_path):
+    creds = tmp_path / "creds.yaml"
+    creds.write_text(json.dumps({locked.host: {"username": USER, "password": PASSWORD}}))  # JSON is YAML
+    cache = make_regcache("--upstream", f"{locked.host}={locked.url}", "-f", str(creds))
+    answer = list_tags(cache, locked.host)
+    assert answer.status == 200 and json.loads(answer.body)["tags"] == ["1.0"]
+
+
+def test_a_private_registrys_list_is_never_kept_so_never_served_to_another_client(make_regcache, locked):
+    cache = make_regcache("--upstream", f"{locked.host}={locked.url}", "--private-registry", locked.host)
+    assert list_tags(cache, locked.host, Authorization=basic(USER, PASSWORD)).status == 200
+    assert kept_lists(cache) == []
+    locked.stop()
+    try:
+        for headers in ({}, {"Authorization": basic(USER, PASSWORD)}):
+            assert list_tags(cache, locked.host, **headers).status == 502
+        assert stale_count(cache, locked.host, "tags") == 0
+    finally:
+        locked.start()
+
+
+def test_a_bad_page_size_is_a_400_before_anything_goes_upstream(make_regcache, listed):
+    cache = make_regcache("--upstream", f"{listed.ns}={listed.registry.url}")
+    before = len(listed.registry.requests())
+    answer = list_tags(cache, listed.ns, query="n=lots")
+    assert answer.status == 400
+    [entry] = json.loads(answer.body)["errors"]
+    assert entry["code"] == "PAGINATION_NUMBER_INVALID" and "'lots'" in entry["message"]
+    assert len(listed.registry.requests()) == before
+
+
+# --- referrers against distribution: no API, so the tag schema ---------------------------------------
+def test_a_registry_without_the_referrers_api_gets_its_404_through_and_the_tag_schema_works(make_regcache, listed):
+    cache = make_regcache("--upstream", f"{listed.ns}={listed.registry.url}")
+    path = f"/v2/{REPO}/referrers/{listed.image.manifest_digest}"
+    direct = request(listed.registry.url + path)
+    assert direct.status == 404, "docker-registry 2.8 has no referrers API"
+    through = cache.get(path, listed.ns)
+    assert (through.status, through.body) == (404, direct.body)
+    assert through.header("Content-Type") == direct.header("Content-Type")
+    assert kept_lists(cache) == []
+
+    # The fallback: the signature is the manifest tagged sha256-<hex>, served and cached as any tag.
+    tag = listed.fallback_tag
+    first = cache.manifest(listed.ns, REPO, tag)
+    assert first.status == 200 and first.body == listed.signature.manifest_bytes
+    assert first.header("Docker-Content-Digest") == listed.signature.manifest_digest
+    assert (cache.cache_dir / "tags" / listed.ns / REPO / f"{tag}.json").exists()
+    gets = listed.registry.manifest_get_count(tag)
+    again = cache.manifest(listed.ns, REPO, tag)
+    assert again.body == listed.signature.manifest_bytes
+    assert listed.registry.manifest_get_count(tag) == gets, "served from the cache"
+
+
+@pytest.mark.parametrize("digest", ["sha256:not-hex", "latest", "sha256-" + "0" * 64])
+def test_a_bad_referrers_digest_is_a_400_naming_it(make_regcache, listed, digest):
+    cache = make_regcache("--upstream", f"{listed.ns}={listed.registry.url}")
+    answer = cache.get(f"/v2/{REPO}/referrers/{digest}", listed.ns)
+    assert answer.status == 400
+    [entry] = json.loads(answer.body)["errors"]
+    assert entry["code"] == "DIGEST_INVALID" and digest in entry["message"] and "referrers" in entry["message"]
+
+
+# --- referrers from a registry that has the API (the fake) -------------------------------------------
+SUBJECT = "sha256:" + "5e" * 32
+REFERRERS_PATH = f"/v2/{REPO}/referrers/{SUBJECT}"
+
+
+def referrers_index(*artifact_types: str) -> bytes:
+    manifests = [
+        {
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": "sha256:" + f"{i:02x}" * 32,
+            "size": 100 + i,
+            "artifactType": kind,
+        }
+        for i, kind in enumerate(artifact_types)
+    ]
+    return json.dumps({"schemaVersion": 2, "mediaType": INDEX, "manifests": manifests}).encode()
+
+
+class Referrers:
+    """The fake's referrers API: filters by artifactType as a 1.1 registry does, and records queries."""
+
+    def __init__(self, *artifact_types: str) -> None:
+        self.artifact_types = artifact_types
+        self.queries: list[str] = []
+        self.failure = None
+
+    def __call__(self, h: FakeHandler) -> None:
+        query = urllib.parse.urlsplit(h.path).query
+        self.queries.append(query)
+        if self.failure is not None:
+            self.failure(h)
+            return
+        wanted = urllib.parse.parse_qs(query).get("artifactType")
+        headers = {}
+        kinds = self.artifact_types
+        if wanted:
+            kinds = tuple(k for k in kinds if k in wanted)
+            headers["OCI-Filters-Applied"] = "artifactType"
+        body = referrers_index(*kinds)
+        h.send_response(200)
+        h.send_header("Content-Type", INDEX)
+        h.send_header("Content-Length", str(len(body)))
+        for name, value in headers.items():
+            h.send_header(name, value)
+        h.end_headers()
+        h.wfile.write(body)
+
+
+@pytest.fixture
+def referrers_cache(make_regcache, fake):
+    return make_regcache(*fake.upstream_arg(), "--tag-ttl", f"{TTL}s", "--upstream-idle-timeout", "1")
+
+
+def test_referrers_are_passed_through_with_the_filter_and_kept_for_the_tag_ttl(referrers_cache, fake):
+    api = Referrers(SIGNATURE_TYPE, "application/spdx+json")
+    fake.routes[REFERRERS_PATH] = api
+    everything = referrers_cache.get(REFERRERS_PATH, fake.ns)
+    assert everything.status == 200 and everything.header("Content-Type") == INDEX
+    assert everything.body == referrers_index(SIGNATURE_TYPE, "application/spdx+json")
+    assert everything.header("OCI-Filters-Applied") is None
+
+    filtered_path = f"{REFERRERS_PATH}?artifactType={urllib.parse.quote(SIGNATURE_TYPE, safe='')}"
+    filtered = request(f"{referrers_cache.url}{filtered_path}&ns={fake.ns}")
+    assert filtered.status == 200 and filtered.body == referrers_index(SIGNATURE_TYPE)
+    assert filtered.header("OCI-Filters-Applied") == "artifactType"
+    assert api.queries == ["", f"artifactType={urllib.parse.quote(SIGNATURE_TYPE, safe='')}"]
+
+    # Within the TTL both come from the cache, each with its own filter and header.
+    again = request(f"{referrers_cache.url}{filtered_path}&ns={fake.ns}")
+    assert again.body == filtered.body and again.header("OCI-Filters-Applied") == "artifactType"
+    assert referrers_cache.get(REFERRERS_PATH, fake.ns).body == everything.body
+    assert len(api.queries) == 2
+    assert referrers_cache.cache_count("hit") == 2 and referrers_cache.cache_count("miss") == 2
+    time.sleep(TTL + 0.2)
+    api.artifact_types = (SIGNATURE_TYPE,)
+    assert referrers_cache.get(REFERRERS_PATH, fake.ns).body == referrers_index(SIGNATURE_TYPE), "asked again"
+    assert len(api.queries) == 3
+
+
+def error(status: int):
+    def behaviour(h: FakeHandler) -> None:
+        h.send_json(status, b'{"errors":[{"code":"X","message":"upstream says no"}]}', {"Retry-After": "30"})
+
+    return behaviour
+
+
+def stalled(release: threading.Event):
+    def behaviour(h: FakeHandler) -> None:
+        release.wait(30)
+        h.close_connection = True
+
+    return behaviour
+
+
+FAILURES = {
+    "503": lambda release: error(503),
+    "429": lambda release: error(429),
+    "connection dropped": lambda release: drop_before_headers(),
+    "no answer (idle timeout)": stalled,
+}
+
+
+@pytest.mark.parametrize("failure", list(FAILURES))
+def test_kept_referrers_are_served_while_the_registry_cannot_answer(referrers_cache, fake, failure):
+    api = Referrers(SIGNATURE_TYPE)
+    fake.routes[REFERRERS_PATH] = api
+    first = referrers_cache.get(REFERRERS_PATH, fake.ns)
+    assert first.status == 200
+    release = threading.Event()
+    api.failure = FAILURES[failure](release)
+    time.sleep(TTL + 0.2)
+    try:
+        stale = referrers_cache.get(REFERRERS_PATH, fake.ns)
+    finally:
+        release.set()
+    assert stale.status == 200 and stale.body == first.body and stale.header("Content-Type") == INDEX
+    assert stale_count(referrers_cache, fake.ns, "referrers") == 1
+    # Never fetched: the failure reaches the client as it would for a manifest (503 or 502).
+    other = f"/v2/{REPO}/referrers/sha256:{'77' * 32}"
+    fake.routes[other] = api
+    assert referrers_cache.get(other, fake.ns).status in (502, 503)
+
+
+def test_referrers_refusals_pass_through_and_replace_nothing(referrers_cache, fake):
+    api = Referrers(SIGNATURE_TYPE)
+    fake.routes[REFERRERS_PATH] = api
+    assert referrers_cache.get(REFERRERS_PATH, fake.ns).status == 200
+    api.failure = error(404)
+    time.sleep(TTL + 0.2)
+    gone = referrers_cache.get(REFERRERS_PATH, fake.ns)
+    assert gone.status == 404 and b"upstream says no" in gone.body
+    assert stale_count(referrers_cache, fake.ns, "referrers") == 0
+
+
+def test_an_absolute_link_from_the_registry_points_at_the_cache(make_regcache, fake):
+    cache = make_regcache(*fake.upstream_arg())
+
+    def paged(h: FakeHandler) -> None:
+        link = f'<{fake.url}/v2/{REPO}/tags/list?n=1&last=a>; rel="next"'
+        h.send_json(200, json.dumps({"name": REPO, "tags": ["a"]}).encode(), {"Link": link})
+
+    fake.routes[f"/v2/{REPO}/tags/list"] = paged
+    answer = list_tags(cache, fake.ns, query="n=1")
+    assert answer.status == 200
+    assert answer.header("Link") == f'<{cache.url}/v2/{REPO}/tags/list?n=1&last=a&ns={fake.ns}>; rel="next"'
+
+
+def test_a_rate_limited_tag_list_never_kept_is_a_503_that_sends_the_client_to_the_registry(make_regcache, fake):
+    cache = make_regcache(*fake.upstream_arg())
+    fake.routes[f"/v2/{REPO}/tags/list"] = error(429)
+    answer = list_tags(cache, fake.ns)
+    assert answer.status == 503 and answer.header("Retry-After") is None
+    [entry] = json.loads(answer.body)["errors"]
+    assert entry["code"] == "UNAVAILABLE" and entry["detail"]["upstream_status"] == 429
+
+
+def test_a_200_that_is_not_a_list_is_passed_on_but_not_kept(make_regcache, fake):
+    cache = make_regcache(*fake.upstream_arg())
+
+    def captive_portal(h: FakeHandler) -> None:
+        body = b"<html>please log in to the hotel wifi</html>"
+        h.send_response(200)
+        h.send_header("Content-Type", "text/html")
+        h.send_header("Content-Length", str(len(body)))
+        h.end_headers()
+        h.wfile.write(body)
+
+    fake.routes[f"/v2/{REPO}/tags/list"] = captive_portal
+    assert list_tags(cache, fake.ns).status == 200
+    assert kept_lists(cache) == []
