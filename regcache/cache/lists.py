@@ -119,9 +119,7 @@ class ListService:
             return ListAnswer("skip", response)
         metrics.STALE_SERVED.labels(metrics.registry_label(ref.registry), ref.kind).inc()
         age = max(0.0, time.time() - kept.fetched_at)
-        log.warning(
-            "%s of %s/%s: registry %s; serving the answer kept %.0fs ago", ref.kind, ref.registry, ref.repo, reason, age
-        )
+        log.warning("%s: registry %s; serving the answer kept %.0fs ago", ref, reason, age)
         return ListAnswer("hit", kept.response())
 
 

@@ -47,6 +47,13 @@ class ListRef:
             path = f"/v2/{self.repo}/referrers/{self.subject}"
         return path + ("?" + urllib.parse.urlencode(self.query) if self.query else "")
 
+    def __str__(self) -> str:
+        """How a log line names it: `tags/list of ghcr.io/team/app?n=50`, `referrers of …@sha256:…`."""
+        query = "?" + urllib.parse.urlencode(self.query) if self.query else ""
+        subject = f"@{self.subject}" if self.subject is not None else ""
+        label = "tags/list" if self.kind == "tags" else "referrers"
+        return f"{label} of {self.registry}/{self.repo}{subject}{query}"
+
     @property
     def name(self) -> str:
         """A file name for the kept answer: the arguments can be anything, so they are hashed."""

@@ -186,7 +186,9 @@ def test_the_last_good_page_is_served_while_the_registry_is_down(make_regcache, 
         assert stale.header("Link") == first.header("Link"), "the kept page still leads on through the cache"
         assert stale_count(cache, listed.ns, "tags") == 1
         assert wait_until(
-            lambda: log_lines(cache.log(), r"WARNING .*tags of .*lists/app: registry .*serving the answer")
+            lambda: log_lines(
+                cache.log(), r"WARNING .*tags/list of .*/lists/app\?n=2: registry .*serving the answer kept"
+            )
         )
         # A page never fetched needs the registry: 502 sends the client to it.
         assert list_tags(cache, listed.ns, query="n=3").status == 502
