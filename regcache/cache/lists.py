@@ -53,6 +53,8 @@ class ListAnswer:
 
 
 class ListService:
+    """Tag lists and referrers for the handlers; one upstream fetch per list and credential at a time."""
+
     def __init__(self, store: TieredStore, upstream: UpstreamClient, policy: Policy) -> None:
         self._store = store
         self._upstream = upstream
@@ -89,9 +91,13 @@ class ListService:
         try:
             response = await self._upstream.fetch(request)
         except UpstreamError as exc:
-            return await self._stale_or_raise(ref, key, exc.message, exc)
+            stale = await self._stale(ref, key, exc.message)
+            if stale is None:
+                raise
+            return stale
         if upstream_unavailable(response.status):
-            return await self._stale_or_raise(ref, key, f"answered {response.status}", None, response)
+            # Without a kept answer the client hears of it (a 503 that sends it to the registry).
+            return await self._stale(ref, key, f"answered {response.status}") or ListAnswer("skip", response)
         if not 200 <= response.status < 300:
             return ListAnswer("skip", response)
         if response.truncated:
@@ -102,21 +108,11 @@ class ListService:
         stored = await self._store.put_small(key, kept.encode())
         return ListAnswer("miss" if stored else "skip", response)
 
-    async def _stale_or_raise(
-        self,
-        ref: ListRef,
-        key: str | None,
-        reason: str,
-        error: UpstreamError | None,
-        response: UpstreamResponse | None = None,
-    ) -> ListAnswer:
-        """The kept answer while the registry cannot give one; else its failure, as it came."""
+    async def _stale(self, ref: ListRef, key: str | None, reason: str) -> ListAnswer | None:
+        """The kept answer, while the registry cannot give one; None when nothing was kept."""
         kept = _parse(await self._store.read_small(key)) if key is not None else None
         if kept is None:
-            if error is not None:
-                raise error
-            assert response is not None
-            return ListAnswer("skip", response)
+            return None
         metrics.STALE_SERVED.labels(metrics.registry_label(ref.registry), ref.kind).inc()
         age = max(0.0, time.time() - kept.fetched_at)
         log.warning("%s: registry %s; serving the answer kept %.0fs ago", ref, reason, age)

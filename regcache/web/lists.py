@@ -14,7 +14,6 @@ import urllib.parse
 from tornado.httputil import HTTPHeaders
 
 from regcache import metrics
-from regcache.cache.lists import ListAnswer
 from regcache.oci.listings import CACHE_ARGUMENTS, ListRef, parse_referrers_ref, parse_tags_ref
 from regcache.upstream.client import UpstreamResponse
 from regcache.web.handlers import BaseHandler
@@ -48,10 +47,12 @@ class ListHandler(BaseHandler):
     """Sends a list answer: the registry's status and headers, its Link moved onto the cache."""
 
     async def _answer(self, ref: ListRef) -> None:
-        answer: ListAnswer = await self.services.lists.get(ref, self.client_context())
+        answer = await self.services.lists.get(ref, self.client_context())
         self.cache_result = answer.result
         metrics.CACHE_RESULTS.labels(answer.result).inc()
-        self.pass_through(self._links_moved(answer.response), include_body=True)
+        # A kept answer comes from the cache's own storage, like a manifest hit.
+        served_from = "disk" if answer.result == "hit" else "upstream"
+        self.pass_through(self._links_moved(answer.response), include_body=True, served_from=served_from)
 
     def _links_moved(self, response: UpstreamResponse) -> UpstreamResponse:
         """A copy with its Link on the cache (the answer itself may be another client's too)."""
@@ -66,19 +67,16 @@ class ListHandler(BaseHandler):
             headers.add(name, value)
         return dataclasses.replace(response, headers=headers)
 
-    def _query(self) -> str:
-        return self.request.query
-
 
 class TagListHandler(ListHandler):
     kind = "tags"
 
     async def get(self, repo: str) -> None:
-        await self._answer(parse_tags_ref(self.origin_registry(), repo, self._query()))
+        await self._answer(parse_tags_ref(self.origin_registry(), repo, self.request.query))
 
 
 class ReferrersHandler(ListHandler):
     kind = "referrers"
 
     async def get(self, repo: str, digest: str) -> None:
-        await self._answer(parse_referrers_ref(self.origin_registry(), repo, digest, self._query()))
+        await self._answer(parse_referrers_ref(self.origin_registry(), repo, digest, self.request.query))

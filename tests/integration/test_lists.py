@@ -1,17 +1,17 @@
-"""Tag lists and referrers through the cache (README "Tag lists and referrers").
+"""Tag lists through the cache (README "Tag lists and referrers"); referrers: test_referrers.py.
 
-Against a real distribution registry (docker-registry 2.8): tags/list pages whose `Link` leads
-back to the cache, the last good page served while the registry is down, a 401 passed through,
-its lack of the referrers API (404) passed through, and the `sha256-<hex>` tag schema clients
-fall back to. The referrers API itself, and outages on it, come from the in-process fake.
+Against a real distribution registry (docker-registry 2.8): the list and the client's arguments
+passed on, the last good answer served while the registry is down, 401s (htpasswd and token)
+passed through and answered by the client or the creds file, private registries never kept.
+docker-registry 2.8 does not page tag lists, so pages and their `Link` come from the in-process
+fake, which pages as distribution 3 does.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-import threading
-import time
+import re
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,14 +22,12 @@ import pytest
 from tests.fakes import FakeHandler, drop_before_headers
 from tests.peers.images import Image, build_image, make_layer, push
 from tests.peers.registry import Registry
+from tests.peers.tokenserver import TokenServer
 from tests.support import Regcache, log_lines, request, wait_until
 
 REPO = "lists/app"
 TAGS = ["1.0", "1.1", "2.0", "edge"]
 USER, PASSWORD = "dora", "lists-pw-6e1f0b2a"
-INDEX = "application/vnd.oci.image.index.v1+json"
-SIGNATURE_TYPE = "application/vnd.dev.cosign.artifact.sig.v1+json"
-TTL = 1.0
 
 
 def basic(user: str, password: str) -> str:
@@ -78,6 +76,19 @@ def locked(tmp_path_factory: pytest.TempPathFactory, listed: Listed) -> Iterator
         registry.close()
 
 
+@pytest.fixture(scope="module")
+def token_locked(tmp_path_factory: pytest.TempPathFactory, listed: Listed) -> Iterator[Registry]:
+    server = TokenServer(tmp_path_factory.mktemp("lists-tokens"), user=USER, password=PASSWORD).start()
+    registry = Registry(tmp_path_factory.mktemp("lists-token-registry"), token=server.auth())
+    try:
+        registry.start()
+        push(listed.image, f"{registry.host}/{REPO}:1.0", creds=(USER, PASSWORD))
+        yield registry
+    finally:
+        registry.close()
+        server.stop()
+
+
 def list_tags(cache: Regcache, ns: str | None, repo: str = REPO, query: str = "", **headers: str):
     arguments = [query] if query else []
     if ns is not None:
@@ -98,6 +109,13 @@ def stale_count(cache: Regcache, ns: str, kind: str) -> float:
 
 def kept_lists(cache: Regcache) -> list[Path]:
     return cache.stored_files("lists")
+
+
+def error(status: int):
+    def behaviour(h: FakeHandler) -> None:
+        h.send_json(status, b'{"errors":[{"code":"X","message":"upstream says no"}]}', {"Retry-After": "30"})
+
+    return behaviour
 
 
 # --- tags/list against distribution ----------------------------------------------------------------
@@ -212,6 +230,33 @@ def test_a_registry_that_wants_a_login_gets_its_401_through_and_the_clients_logi
     assert cache.cache_count("skip") == 2
 
 
+def test_a_token_registrys_challenge_reaches_the_client_which_logs_in_and_lists_through_the_cache(
+    make_regcache, token_locked
+):
+    """What containerd and skopeo do: the 401's Bearer challenge, a token from its realm, again."""
+    cache = make_regcache("--upstream", f"{token_locked.host}={token_locked.url}")
+    refused = list_tags(cache, token_locked.host)
+    assert refused.status == 401
+    challenge = refused.header("WWW-Authenticate") or ""
+    assert challenge == request(f"{token_locked.url}/v2/{REPO}/tags/list").header("WWW-Authenticate")
+    params = dict(re.findall(r'(\w+)="([^"]*)"', challenge))
+    assert params["scope"] == f"repository:{REPO}:pull"
+    query = urllib.parse.urlencode({"service": params["service"], "scope": params["scope"]})
+    token = request(f"{params['realm']}?{query}", headers={"Authorization": basic(USER, PASSWORD)})
+    assert token.status == 200
+    bearer = "Bearer " + json.loads(token.body)["token"]
+    listed = list_tags(cache, token_locked.host, Authorization=bearer)
+    assert listed.status == 200 and json.loads(listed.body)["tags"] == ["1.0"]
+
+
+def test_a_creds_file_answers_a_token_registry_for_the_client(make_regcache, token_locked, tmp_path):
+    creds = tmp_path / "creds.yaml"
+    creds.write_text(json.dumps({token_locked.host: {"username": USER, "password": PASSWORD}}))  # JSON is YAML
+    cache = make_regcache("--upstream", f"{token_locked.host}={token_locked.url}", "-f", str(creds))
+    answer = list_tags(cache, token_locked.host)
+    assert answer.status == 200 and json.loads(answer.body)["tags"] == ["1.0"]
+
+
 def test_the_creds_file_answers_the_registrys_login_for_a_tag_list(make_regcache, locked, tmp_path):
     creds = tmp_path / "creds.yaml"
     creds.write_text(json.dumps({locked.host: {"username": USER, "password": PASSWORD}}))  # JSON is YAML
@@ -241,172 +286,6 @@ def test_a_bad_page_size_is_a_400_before_anything_goes_upstream(make_regcache, l
     [entry] = json.loads(answer.body)["errors"]
     assert entry["code"] == "PAGINATION_NUMBER_INVALID" and "'lots'" in entry["message"]
     assert len(listed.registry.requests()) == before
-
-
-# --- referrers against distribution: no API, so the tag schema ---------------------------------------
-def test_a_registry_without_the_referrers_api_gets_its_404_through_and_the_tag_schema_works(make_regcache, listed):
-    cache = make_regcache("--upstream", f"{listed.ns}={listed.registry.url}")
-    path = f"/v2/{REPO}/referrers/{listed.image.manifest_digest}"
-    direct = request(listed.registry.url + path)
-    assert direct.status == 404, "docker-registry 2.8 has no referrers API"
-    through = cache.get(path, listed.ns)
-    assert (through.status, through.body) == (404, direct.body)
-    assert through.header("Content-Type") == direct.header("Content-Type")
-    assert kept_lists(cache) == []
-
-    # The fallback: the signature is the manifest tagged sha256-<hex>, served and cached as any tag.
-    tag = listed.fallback_tag
-    first = cache.manifest(listed.ns, REPO, tag)
-    assert first.status == 200 and first.body == listed.signature.manifest_bytes
-    assert first.header("Docker-Content-Digest") == listed.signature.manifest_digest
-    assert (cache.cache_dir / "tags" / listed.ns / REPO / f"{tag}.json").exists()
-    gets = listed.registry.manifest_get_count(tag)
-    again = cache.manifest(listed.ns, REPO, tag)
-    assert again.body == listed.signature.manifest_bytes
-    assert listed.registry.manifest_get_count(tag) == gets, "served from the cache"
-
-
-@pytest.mark.parametrize("digest", ["sha256:not-hex", "latest", "sha256-" + "0" * 64])
-def test_a_bad_referrers_digest_is_a_400_naming_it(make_regcache, listed, digest):
-    cache = make_regcache("--upstream", f"{listed.ns}={listed.registry.url}")
-    answer = cache.get(f"/v2/{REPO}/referrers/{digest}", listed.ns)
-    assert answer.status == 400
-    [entry] = json.loads(answer.body)["errors"]
-    assert entry["code"] == "DIGEST_INVALID" and digest in entry["message"] and "referrers" in entry["message"]
-
-
-# --- referrers from a registry that has the API (the fake) -------------------------------------------
-SUBJECT = "sha256:" + "5e" * 32
-REFERRERS_PATH = f"/v2/{REPO}/referrers/{SUBJECT}"
-
-
-def referrers_index(*artifact_types: str) -> bytes:
-    manifests = [
-        {
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "digest": "sha256:" + f"{i:02x}" * 32,
-            "size": 100 + i,
-            "artifactType": kind,
-        }
-        for i, kind in enumerate(artifact_types)
-    ]
-    return json.dumps({"schemaVersion": 2, "mediaType": INDEX, "manifests": manifests}).encode()
-
-
-class Referrers:
-    """The fake's referrers API: filters by artifactType as a 1.1 registry does, and records queries."""
-
-    def __init__(self, *artifact_types: str) -> None:
-        self.artifact_types = artifact_types
-        self.queries: list[str] = []
-        self.failure = None
-
-    def __call__(self, h: FakeHandler) -> None:
-        query = urllib.parse.urlsplit(h.path).query
-        self.queries.append(query)
-        if self.failure is not None:
-            self.failure(h)
-            return
-        wanted = urllib.parse.parse_qs(query).get("artifactType")
-        headers = {}
-        kinds = self.artifact_types
-        if wanted:
-            kinds = tuple(k for k in kinds if k in wanted)
-            headers["OCI-Filters-Applied"] = "artifactType"
-        body = referrers_index(*kinds)
-        h.send_response(200)
-        h.send_header("Content-Type", INDEX)
-        h.send_header("Content-Length", str(len(body)))
-        for name, value in headers.items():
-            h.send_header(name, value)
-        h.end_headers()
-        h.wfile.write(body)
-
-
-@pytest.fixture
-def referrers_cache(make_regcache, fake):
-    return make_regcache(*fake.upstream_arg(), "--tag-ttl", f"{TTL}s", "--upstream-idle-timeout", "1")
-
-
-def test_referrers_are_passed_through_with_the_filter_and_kept_for_the_tag_ttl(referrers_cache, fake):
-    api = Referrers(SIGNATURE_TYPE, "application/spdx+json")
-    fake.routes[REFERRERS_PATH] = api
-    everything = referrers_cache.get(REFERRERS_PATH, fake.ns)
-    assert everything.status == 200 and everything.header("Content-Type") == INDEX
-    assert everything.body == referrers_index(SIGNATURE_TYPE, "application/spdx+json")
-    assert everything.header("OCI-Filters-Applied") is None
-
-    filtered_path = f"{REFERRERS_PATH}?artifactType={urllib.parse.quote(SIGNATURE_TYPE, safe='')}"
-    filtered = request(f"{referrers_cache.url}{filtered_path}&ns={fake.ns}")
-    assert filtered.status == 200 and filtered.body == referrers_index(SIGNATURE_TYPE)
-    assert filtered.header("OCI-Filters-Applied") == "artifactType"
-    assert api.queries == ["", f"artifactType={urllib.parse.quote(SIGNATURE_TYPE, safe='')}"]
-
-    # Within the TTL both come from the cache, each with its own filter and header.
-    again = request(f"{referrers_cache.url}{filtered_path}&ns={fake.ns}")
-    assert again.body == filtered.body and again.header("OCI-Filters-Applied") == "artifactType"
-    assert referrers_cache.get(REFERRERS_PATH, fake.ns).body == everything.body
-    assert len(api.queries) == 2
-    assert referrers_cache.cache_count("hit") == 2 and referrers_cache.cache_count("miss") == 2
-    time.sleep(TTL + 0.2)
-    api.artifact_types = (SIGNATURE_TYPE,)
-    assert referrers_cache.get(REFERRERS_PATH, fake.ns).body == referrers_index(SIGNATURE_TYPE), "asked again"
-    assert len(api.queries) == 3
-
-
-def error(status: int):
-    def behaviour(h: FakeHandler) -> None:
-        h.send_json(status, b'{"errors":[{"code":"X","message":"upstream says no"}]}', {"Retry-After": "30"})
-
-    return behaviour
-
-
-def stalled(release: threading.Event):
-    def behaviour(h: FakeHandler) -> None:
-        release.wait(30)
-        h.close_connection = True
-
-    return behaviour
-
-
-FAILURES = {
-    "503": lambda release: error(503),
-    "429": lambda release: error(429),
-    "connection dropped": lambda release: drop_before_headers(),
-    "no answer (idle timeout)": stalled,
-}
-
-
-@pytest.mark.parametrize("failure", list(FAILURES))
-def test_kept_referrers_are_served_while_the_registry_cannot_answer(referrers_cache, fake, failure):
-    api = Referrers(SIGNATURE_TYPE)
-    fake.routes[REFERRERS_PATH] = api
-    first = referrers_cache.get(REFERRERS_PATH, fake.ns)
-    assert first.status == 200
-    release = threading.Event()
-    api.failure = FAILURES[failure](release)
-    time.sleep(TTL + 0.2)
-    try:
-        stale = referrers_cache.get(REFERRERS_PATH, fake.ns)
-    finally:
-        release.set()
-    assert stale.status == 200 and stale.body == first.body and stale.header("Content-Type") == INDEX
-    assert stale_count(referrers_cache, fake.ns, "referrers") == 1
-    # Never fetched: the failure reaches the client as it would for a manifest (503 or 502).
-    other = f"/v2/{REPO}/referrers/sha256:{'77' * 32}"
-    fake.routes[other] = api
-    assert referrers_cache.get(other, fake.ns).status in (502, 503)
-
-
-def test_referrers_refusals_pass_through_and_replace_nothing(referrers_cache, fake):
-    api = Referrers(SIGNATURE_TYPE)
-    fake.routes[REFERRERS_PATH] = api
-    assert referrers_cache.get(REFERRERS_PATH, fake.ns).status == 200
-    api.failure = error(404)
-    time.sleep(TTL + 0.2)
-    gone = referrers_cache.get(REFERRERS_PATH, fake.ns)
-    assert gone.status == 404 and b"upstream says no" in gone.body
-    assert stale_count(referrers_cache, fake.ns, "referrers") == 0
 
 
 def test_an_absolute_link_from_the_registry_points_at_the_cache(make_regcache, fake):
