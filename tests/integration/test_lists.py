@@ -12,8 +12,11 @@ from __future__ import annotations
 import base64
 import json
 import re
+import threading
+import time
 import urllib.parse
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -324,3 +327,25 @@ def test_a_200_that_is_not_a_list_is_passed_on_but_not_kept(make_regcache, fake)
     fake.routes[f"/v2/{REPO}/tags/list"] = captive_portal
     assert list_tags(cache, fake.ns).status == 200
     assert kept_lists(cache) == []
+
+
+def test_concurrent_requests_for_one_list_share_one_upstream_request_per_credential(make_regcache, fake):
+    cache = make_regcache(*fake.upstream_arg())
+    release = threading.Event()
+    answered: list[str] = []
+
+    def slow(h: FakeHandler) -> None:
+        release.wait(10)
+        answered.append(h.headers.get("Authorization", ""))
+        h.send_json(200, json.dumps({"name": REPO, "tags": ["a"]}).encode())
+
+    fake.routes[f"/v2/{REPO}/tags/list"] = slow
+    logins = [{}] * 6 + [{"Authorization": basic("erin", "pw")}] * 2
+    with ThreadPoolExecutor(len(logins)) as pool:
+        futures = [pool.submit(list_tags, cache, fake.ns, REPO, "", **headers) for headers in logins]
+        assert wait_until(lambda: len(fake.seen) >= 2)
+        time.sleep(1.0)  # every client has asked by now
+        release.set()
+        answers = [f.result() for f in futures]
+    assert all(a.status == 200 and json.loads(a.body)["tags"] == ["a"] for a in answers)
+    assert sorted(answered) == ["", basic("erin", "pw")], "one request without a login, one with it"
