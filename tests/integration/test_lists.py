@@ -15,6 +15,7 @@ import re
 import threading
 import time
 import urllib.parse
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,8 +24,11 @@ from pathlib import Path
 import pytest
 
 from tests.fakes import FakeHandler, drop_before_headers
+from tests.integration.test_s3 import bucket_keys, s3_env
 from tests.peers.images import Image, build_image, make_layer, push
+from tests.peers.net import free_port
 from tests.peers.registry import Registry
+from tests.peers.seaweed import SeaweedS3
 from tests.peers.tokenserver import TokenServer
 from tests.support import Regcache, log_lines, request, wait_until
 
@@ -349,3 +353,19 @@ def test_concurrent_requests_for_one_list_share_one_upstream_request_per_credent
         answers = [f.result() for f in futures]
     assert all(a.status == 200 and json.loads(a.body)["tags"] == ["a"] for a in answers)
     assert sorted(answered) == ["", basic("erin", "pw")], "one request without a login, one with it"
+
+
+def test_a_second_replica_serves_the_kept_list_from_s3_while_the_registry_is_unreachable(
+    make_regcache, fake, tmp_path_factory
+):
+    fake.routes[f"/v2/{REPO}/tags/list"] = paging_registry(["a", "b", "c"])
+    with SeaweedS3(tmp_path_factory.mktemp("lists-weed")) as s3:
+        bucket = s3.bucket(f"regcache-{uuid.uuid4().hex[:12]}")
+        first = make_regcache("-b", bucket, *fake.upstream_arg(), env=s3_env(s3))
+        page = list_tags(first, fake.ns, query="n=2")
+        assert page.status == 200
+        assert wait_until(lambda: any(key.startswith("lists/") for key in bucket_keys(s3, bucket)))
+        second = make_regcache("-b", bucket, "--upstream", f"{fake.ns}=http://127.0.0.1:{free_port()}", env=s3_env(s3))
+        kept = list_tags(second, fake.ns, query="n=2")
+        assert (kept.status, kept.body, kept.header("Link")) == (200, page.body, page.header("Link"))
+        assert stale_count(second, fake.ns, "tags") == 1
