@@ -140,6 +140,11 @@ def test_a_tag_list_comes_from_the_registry_with_the_clients_arguments(make_regc
     [asked] = [e for e in listed.registry.requests() if e.path == f"/v2/{REPO}/tags/list" and e.query]
     assert urllib.parse.parse_qs(asked.query) == {"n": ["2"], "last": ["1.1"]}
     assert cache.metrics()['regcache_requests_total{kind="tags",method="GET",status="200"}'] == 2
+    # A repository the registry does not know: its 404 (NAME_UNKNOWN), unchanged, nothing kept.
+    unknown = list_tags(cache, listed.ns, "lists/nothing-here")
+    direct_unknown = request(f"{listed.registry.url}/v2/lists/nothing-here/tags/list")
+    assert (unknown.status, unknown.body) == (404, direct_unknown.body)
+    assert b"NAME_UNKNOWN" in unknown.body and len(kept_lists(cache)) == 2
 
 
 def paging_registry(tags: list[str]):
