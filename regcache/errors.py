@@ -64,6 +64,16 @@ class ManifestTooLarge(RegcacheError):
         self.limit = limit
 
 
+class ListTooLarge(RegcacheError):
+    """A tag list or referrers answer bigger than the cache holds in memory to pass on."""
+
+    def __init__(self, registry: str, kind: str, limit: int) -> None:
+        super().__init__(f"upstream {registry}: {kind} answer exceeds {limit} bytes")
+        self.registry = registry
+        self.kind = kind
+        self.limit = limit
+
+
 class StorageError(RegcacheError):
     """A tier failed to read or write; pulls go on without it."""
 

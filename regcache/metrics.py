@@ -25,8 +25,9 @@ def registry_label(registry: str) -> str:
 
 CACHE_RESULTS = Counter(
     "containerd_cache",
-    "Manifest and blob requests by cache result: hit (served from cache), miss (fetched and "
-    "saved), skip (fetched, not saved: skip-tags, skip-repos, cache-manifests=no, private registry, non-2xx).",
+    "Manifest, blob, tag list and referrers requests by cache result: hit (served from cache), "
+    "miss (fetched and saved), skip (fetched, not saved: skip-tags, skip-repos, cache-manifests=no, "
+    "private registry, non-2xx).",
     ["result"],
 )
 for _result in ("hit", "miss", "skip"):
@@ -34,7 +35,7 @@ for _result in ("hit", "miss", "skip"):
 
 REQUESTS = Counter(
     "regcache_requests",
-    "Client requests answered, by kind (manifest, blob, other), method and status code.",
+    "Client requests answered, by kind (manifest, blob, tags, referrers, other), method and status code.",
     ["kind", "method", "status"],
 )
 SERVED_BYTES = Counter(
@@ -101,9 +102,10 @@ UPLOADS_PENDING = Gauge(
 )
 STALE_SERVED = Counter(
     "regcache_stale_served",
-    "Stored tags served past --tag-ttl because the registry could not revalidate them "
-    "(unreachable, timeout, 429, 5xx).",
-    ["registry"],
+    "Kept answers served because the registry could not give a fresh one (unreachable, timeout, "
+    "429, 5xx), by registry and kind: tag (a stored tag past --tag-ttl), tags (a tags/list page), "
+    "referrers.",
+    ["registry", "kind"],
 )
 STORAGE_PASSTHROUGH = Counter(
     "regcache_storage_passthrough",

@@ -116,7 +116,7 @@ class ManifestService:
 
     @staticmethod
     def _serve_stale(ref: ManifestRef, stale: Manifest, reason: str) -> ManifestAnswer:
-        metrics.STALE_SERVED.labels(metrics.registry_label(ref.registry)).inc()
+        metrics.STALE_SERVED.labels(metrics.registry_label(ref.registry), "tag").inc()
         log.warning(
             "tag %s/%s:%s: registry %s; serving the stored %s", ref.registry, ref.repo, ref.tag, reason, stale.digest
         )

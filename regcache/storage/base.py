@@ -5,6 +5,8 @@ blobs/sha256/ab/abcdef…                 blob bytes
 manifests/sha256/ab/abcdef…             manifest bytes
 manifests/sha256/ab/abcdef….json        {"media_type": …, "size": …}
 tags/<registry>/<repository>/<tag>.json {"digest": …, "media_type": …, "size": …, "fetched_at": …}
+lists/<registry>/<repository>/_tags/<sha256 of the query>.json       the last good tags/list page
+lists/<registry>/<repository>/_referrers/<sha256 of digest+query>.json  the last good referrers
 private/<registry>/blobs/sha256/ab/abcdef…  blob bytes from a --private-registry
 staging/…                               in-flight downloads (disk only; emptied at start-up)
 uploads/<sha256 of key>                 S3 mode: a committed object not yet uploaded (disk only;
@@ -47,6 +49,12 @@ def manifest_meta_key(digest: Digest) -> str:
 
 def tag_key(registry: str, repo: str, tag: str) -> str:
     return f"tags/{registry}/{repo}/{tag}.json"
+
+
+def list_key(registry: str, repo: str, kind: str, name: str) -> str:
+    """A kept list answer. Repository components never start with "_", so `_tags` and
+    `_referrers` cannot be a repository's directory."""
+    return f"lists/{registry}/{repo}/_{kind}/{name}.json"
 
 
 def key_digest(key: str) -> Digest | None:

@@ -11,6 +11,7 @@ from tornado.web import Application
 
 from regcache.cache.blobs import BlobService
 from regcache.cache.fill import FillMap
+from regcache.cache.lists import ListService
 from regcache.cache.manifests import ManifestService
 from regcache.cache.policy import Policy
 from regcache.config import Settings
@@ -33,6 +34,7 @@ from regcache.web.handlers import (
     UploadHandler,
     log_request,
 )
+from regcache.web.lists import ReferrersHandler, TagListHandler
 from regcache.web.plain_http import PlainHTTPServer
 from regcache.web.services import Services
 
@@ -77,6 +79,8 @@ def make_app(services: Services) -> Application:
         (rf"/v2/{NAME}/manifests/([^/]+)", ManifestHandler, args),
         (rf"/v2/{NAME}/blobs/uploads/?.*", UploadHandler, args),
         (rf"/v2/{NAME}/blobs/([^/]+)", BlobHandler, args),
+        (rf"/v2/{NAME}/tags/list", TagListHandler, args),
+        (rf"/v2/{NAME}/referrers/([^/]+)", ReferrersHandler, args),
         (r"/metrics", MetricsHandler, args),
         (r"/healthz", HealthHandler, args),
         (r"/readyz", ReadyHandler, args),
@@ -154,6 +158,7 @@ async def _serve(settings: Settings, store: TieredStore, ready: asyncio.Future[i
     services = Services(
         blobs=BlobService(store, upstream, fills, root, health, redirect, policy),
         manifests=ManifestService(store, upstream, policy),
+        lists=ListService(store, upstream, policy),
         disk=disk,
         health=health,
         guard=upstream.guard,

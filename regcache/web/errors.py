@@ -9,6 +9,7 @@ from tornado.web import HTTPError
 from regcache.errors import (
     BadRequest,
     DigestMismatch,
+    ListTooLarge,
     ManifestTooLarge,
     Overloaded,
     SizeMismatch,
@@ -34,6 +35,8 @@ def error_for(exc: BaseException | None, status: int) -> tuple[int, str, str]:
         return 502, "SIZE_INVALID", str(exc)
     if isinstance(exc, ManifestTooLarge):
         return 502, "MANIFEST_INVALID", str(exc)
+    if isinstance(exc, ListTooLarge):
+        return 502, "UNAVAILABLE", str(exc) + "; ask the registry itself"
     if isinstance(exc, UpstreamError):
         return 502, "UNAVAILABLE", str(exc)
     if isinstance(exc, Overloaded):

@@ -127,7 +127,7 @@ class BaseHandler(BodyWriter):
         )
 
     # --- answers ------------------------------------------------------------------------------
-    def pass_through(self, response: UpstreamResponse, include_body: bool) -> None:
+    def pass_through(self, response: UpstreamResponse, include_body: bool, served_from: str = "upstream") -> None:
         """The upstream's answer, unchanged but for hop-by-hop headers.
 
         Except a 429 or 5xx: containerd retries a 429 on the same host (up to 5 times) and
@@ -150,7 +150,7 @@ class BaseHandler(BodyWriter):
                 self.set_header(name, value)
         if include_body:
             self.body_bytes = len(response.body)
-            metrics.SERVED_BYTES.labels("upstream").inc(len(response.body))
+            metrics.SERVED_BYTES.labels(served_from).inc(len(response.body))
             self.finish(response.body)
         else:
             length = response.headers.get("Content-Length")

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from regcache.cache.blobs import BlobService
+from regcache.cache.lists import ListService
 from regcache.cache.manifests import ManifestService
 from regcache.storage.disk import DiskTier
 from regcache.storage.health import StorageHealth
@@ -24,6 +25,7 @@ class Tracker(Protocol):
 class Services:
     blobs: BlobService
     manifests: ManifestService
+    lists: ListService
     disk: DiskTier
     health: StorageHealth
     guard: AddressGuard | None = None

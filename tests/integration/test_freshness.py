@@ -49,7 +49,7 @@ def ttl_cache(make_regcache, fake):
 
 
 def stale_count(cache, ns: str) -> float:
-    return cache.metrics().get(f'regcache_stale_served_total{{registry="{ns}"}}', 0.0)
+    return cache.metrics().get(f'regcache_stale_served_total{{kind="tag",registry="{ns}"}}', 0.0)
 
 
 @pytest.mark.parametrize(

@@ -67,7 +67,18 @@ def assert_sane(status: int, content_type: str, body: bytes, method: str) -> Non
 @given(
     method=st.sampled_from(["GET", "HEAD"]),
     segments=st.lists(segment, max_size=6),
-    tail=st.sampled_from(["", "/manifests/1.0", f"/blobs/{digest_of(BLOB)}", "/blobs/sha256:..", "/manifests/"]),
+    tail=st.sampled_from(
+        [
+            "",
+            "/manifests/1.0",
+            f"/blobs/{digest_of(BLOB)}",
+            "/blobs/sha256:..",
+            "/manifests/",
+            "/tags/list",
+            f"/referrers/{digest_of(BLOB)}",
+            "/referrers/sha256:..",
+        ]
+    ),
     ns=st.one_of(st.none(), st.just("FAKE"), header_text, st.sampled_from(["127.0.0.1", "[::1]", "a" * 300, ""])),
     extra_query=st.lists(st.tuples(header_text, header_text), max_size=3),
 )
@@ -114,4 +125,4 @@ def test_after_fuzzing_nothing_was_written_outside_the_cache_and_nothing_crashed
     assert PASSWORD not in log
     assert sorted(p.name for p in cache.workdir.iterdir()) == ["cache", "regcache.log"]
     tops = {p.relative_to(cache.cache_dir).parts[0] for p in cache.cache_dir.rglob("*")}
-    assert tops <= {"blobs", "manifests", "tags", "staging", "private"}, tops
+    assert tops <= {"blobs", "manifests", "tags", "lists", "staging", "private"}, tops

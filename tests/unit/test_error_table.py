@@ -8,6 +8,7 @@ from tornado.web import HTTPError
 from regcache.errors import (
     BadRequest,
     DigestMismatch,
+    ListTooLarge,
     ManifestTooLarge,
     SizeMismatch,
     StorageError,
@@ -24,6 +25,7 @@ from regcache.web.errors import error_body, error_for
         (DigestMismatch("ghcr.io", "sha256:aa", "sha256:bb"), 502, "DIGEST_INVALID", "sha256:bb"),
         (SizeMismatch("ghcr.io", 10, 5), 502, "SIZE_INVALID", "announced 10"),
         (ManifestTooLarge("ghcr.io", 5_000_000, 4_194_304), 502, "MANIFEST_INVALID", "exceeds"),
+        (ListTooLarge("docker.io", "tags", 16_777_216), 502, "UNAVAILABLE", "ask the registry itself"),
         (StorageError("cache storage unavailable"), 503, "UNAVAILABLE", "storage"),
         (HTTPError(404, "no such endpoint: %s", "/x"), 404, "NAME_UNKNOWN", "/x"),
         (HTTPError(405), 405, "UNSUPPORTED", "pull-only"),
