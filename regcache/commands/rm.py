@@ -50,7 +50,8 @@ def parse_target(text: str) -> Target:
     """A CommandError naming what is wrong with the reference."""
     name, at, digest_text = text.strip().partition("@")
     registry, slash, rest = name.partition("/")
-    if not slash or not rest or not registry:
+    # As docker tells a registry from a repository: a dot, a port, or localhost.
+    if not slash or not rest or not ("." in registry or ":" in registry or registry == "localhost"):
         raise CommandError(f"{text!r}: expected {USAGE}")
     tag = None
     if ":" in rest.rsplit("/", 1)[-1]:
