@@ -108,8 +108,10 @@ class Inventory:
         # Latest first: the first walk to reach an item brings the latest use.
         by_time = sorted(own, key=lambda id: -own[id])
         latest = self._claim(by_time)
-        # Per `resolution`, tags first: an image's items share the group of its tag.
-        grouped = self._claim(sorted(own, key=lambda id: (-(own[id] // resolution), LEVEL[self.items[id].kind], id)))
+        # Per `resolution`, tags first (the latest first): an image's items share its tag's group.
+        grouped = self._claim(
+            sorted(own, key=lambda id: (-(own[id] // resolution), LEVEL[self.items[id].kind], -own[id], id))
+        )
         return {id: Keep(own[by_time[seq]], grouped[id]) for id, seq in latest.items()}
 
     def _claim(self, roots: list[str]) -> dict[str, int]:
