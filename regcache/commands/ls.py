@@ -12,7 +12,7 @@ import time
 
 from regcache.commands.common import Tiers, add_json_flag, command_parser, open_tiers, run_command
 from regcache.commands.inventory import Inventory, Item, scan
-from regcache.commands.output import ago, human_size, iso, print_json, short_digest, table
+from regcache.commands.output import ago, count, human_size, iso, print_json, short_digest, table
 from regcache.config import Settings
 
 
@@ -87,8 +87,7 @@ def _print_table(inventory: Inventory, tiers: Tiers, rows: list[Item], full: boo
         lines.append(cells + (["+".join(row.tiers)] if shared else []))
     print(table(headers, lines, right=[4]))
     untagged = sum(1 for row in rows if row.kind == "manifest")
-    tags = len(rows) - untagged
-    print(f"{tags} tag{'s' if tags != 1 else ''}" + (f", {untagged} untagged manifest(s)" if untagged else ""))
+    print(count(len(rows) - untagged, "tag") + (f", {count(untagged, 'untagged manifest')}" if untagged else ""))
 
 
 def _as_json(inventory: Inventory, row: Item) -> dict[str, object]:
