@@ -107,8 +107,13 @@ def pending_uploads(root: Path) -> frozenset[str]:
     return frozenset(keys)
 
 
+# A command's work, once its arguments and the server's settings are parsed: returns the exit code.
+CommandBody = Callable[[argparse.Namespace, Settings], Awaitable[int]]
+
+
 def run_command(name: str, parser: configargparse.ArgumentParser, argv: list[str], body: CommandBody) -> int:
-    """Parse, open nothing yet, run `body(args, settings)`; every expected failure is one line."""
+    """Parse and check the options, run `body`; every failure an operator can cause or fix
+    (options, references, the cache dir, the bucket) ends as one line and exit code 2."""
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_namespace(args)
@@ -138,6 +143,3 @@ def run_command(name: str, parser: configargparse.ArgumentParser, argv: list[str
         return 2
     except KeyboardInterrupt:
         return 130
-
-
-CommandBody = Callable[[argparse.Namespace, Settings], Awaitable[int]]

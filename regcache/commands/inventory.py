@@ -260,11 +260,6 @@ def _digest(text: object) -> Digest | None:
         return None
 
 
-def tag_closure(inventory: Inventory, tag: Item) -> list[Item]:
-    """A tag's pointer and the cached manifests and blobs it reaches."""
-    return [inventory.items[id] for id in inventory.reachable([tag.id])]
-
-
 def blob_registries(inventory: Inventory) -> dict[str, set[str]]:
     """For each blob, the registries whose tags reach it (a private blob: its own registry)."""
     owners: dict[str, set[str]] = {}

@@ -123,6 +123,20 @@ def test_du_counts_by_tier_and_attributes_shared_blobs_to_every_registry_that_us
     assert "counts under every registry" in shown.out
 
 
+def test_a_private_registrys_blobs_count_under_it_though_it_has_no_stored_manifests(make_regcache, images):
+    cache = make_regcache(*images.upstream_args(), "--private-registry", images.second.host)
+    pull(cache, images.second.host, "mirror/web", "1.0")
+    usage = regcache("du", "-d", str(cache.cache_dir), "--json").json()
+    private = next(t for t in usage["tiers"] if t["kind"] == "private blobs")
+    assert private["objects"] == len(images.web_here.blob_digests)
+    second = next(r for r in usage["registries"] if r["name"] == images.second.host)
+    assert (second["tags"], second["manifests"], second["blobs"]) == (0, 0, 3)
+    assert second["size"] == sum(len(images.web_here.blob(d)) for d in images.web_here.blob_digests)
+    assert regcache("ls", "-d", str(cache.cache_dir)).lines[-1] == "0 tags"
+    assert regcache("prune", "-d", str(cache.cache_dir), "--max-size", "1").code == 0
+    assert not [p for p in cache.stored_files() if "private" in p.parts]
+
+
 def test_verify_reports_a_corrupt_blob_deletes_it_and_the_next_pull_fetches_it_again(cache, images):
     layer = images.db.layer_digests[0]
     path = blob_path(cache.cache_dir, layer)
