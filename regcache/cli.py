@@ -7,9 +7,11 @@ wins over the file.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
 import sys
+from collections.abc import Collection
 from pathlib import Path
 
 import configargparse
@@ -22,10 +24,16 @@ from regcache.errors import ConfigError
 log = logging.getLogger("regcache")
 
 
-def build_parser() -> configargparse.ArgumentParser:
+def build_parser(
+    prog: str = "regcache",
+    description: str = "A pull-through, multi-registry image cache for containerd.",
+    shown: Collection[str] | None = None,
+) -> configargparse.ArgumentParser:
+    """The server's parser; an operator command builds on it (same -c, options and REGCACHE_*
+    variables), showing in its --help only the options in `shown`."""
     parser = configargparse.ArgumentParser(
-        prog="regcache",
-        description="A pull-through, multi-registry image cache for containerd.",
+        prog=prog,
+        description=description,
         config_file_parser_class=configargparse.YAMLConfigFileParser,
         auto_env_var_prefix="REGCACHE_",
         formatter_class=configargparse.ArgumentDefaultsHelpFormatter,
@@ -39,8 +47,9 @@ def build_parser() -> configargparse.ArgumentParser:
     )
     for option in OPTIONS:
         flags = option.flags.split("/")
+        help = option.help if shown is None or option.long in shown else argparse.SUPPRESS
         if option.action == "store_true":  # a switch takes no value: no type, metavar or choices
-            parser.add_argument(*flags, action="store_true", default=option.default, help=option.help)
+            parser.add_argument(*flags, action="store_true", default=option.default, help=help)
             continue
         parser.add_argument(
             *flags,
@@ -49,7 +58,7 @@ def build_parser() -> configargparse.ArgumentParser:
             type=option.type,
             metavar=option.metavar,
             choices=option.choices,
-            help=option.help,
+            help=help,
         )
     parser.add_argument("-v", "--version", action="version", version=f"regcache {__version__}")
     return parser

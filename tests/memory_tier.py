@@ -3,6 +3,7 @@ tests (it can stand in for S3: it presigns and closes)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -32,10 +33,11 @@ class InMemoryTier:
 
     def __init__(self) -> None:
         self.objects: dict[str, bytes] = {}
+        self.written: dict[str, float] = {}
 
     async def stat(self, key: str) -> ObjectInfo | None:
         data = self.objects.get(key)
-        return None if data is None else ObjectInfo(key, len(data))
+        return None if data is None else ObjectInfo(key, len(data), modified=self.written.get(key))
 
     async def open(self, key: str) -> BytesSource | None:
         data = self.objects.get(key)
@@ -46,20 +48,28 @@ class InMemoryTier:
 
     async def put_small(self, key: str, data: bytes) -> None:
         self.objects[key] = bytes(data)
+        self.written[key] = time.time()
 
     async def commit(self, key: str, staged: StagedObject) -> None:
         data = Path(staged.path).read_bytes()
         if len(data) != staged.size:
             raise FileNotFoundError(f"{staged.path} holds {len(data)} bytes, not {staged.size}")
         self.objects[key] = data
+        self.written[key] = time.time()
 
     async def delete(self, key: str) -> None:
         self.objects.pop(key, None)
+        self.written.pop(key, None)
 
     async def keys(self, prefix: str) -> AsyncIterator[str]:
         for key in list(self.objects):
             if key.startswith(prefix):
                 yield key
+
+    async def entries(self, prefix: str) -> AsyncIterator[ObjectInfo]:
+        for key in list(self.objects):
+            if key.startswith(prefix):
+                yield ObjectInfo(key, len(self.objects[key]), modified=self.written.get(key))
 
     async def presign(self, key: str, expires: int) -> str:
         return f"memory:///{key}?expires={expires}"

@@ -8,7 +8,13 @@ from __future__ import annotations
 
 import importlib
 
-COMMANDS: dict[str, str] = {}
+COMMANDS: dict[str, str] = {
+    "ls": "ls",
+    "du": "du",
+    "verify": "verify",
+    "rm": "rm",
+    "prune": "prune",
+}
 
 
 def run(name: str, argv: list[str]) -> int:

@@ -27,6 +27,9 @@ from regcache.oci.mediatypes import OCTET_STREAM
 
 # The most a ByteSource yields at once: 1 MiB chunks beat both 256 KiB and 4 MiB (STYLE.md).
 CHUNK = 1024 * 1024
+# A hit refreshes a stored file's last use at most this often (seconds): one utime per object
+# per hour keeps the hot path a stat, and is precise enough for `regcache prune --older-than`.
+LAST_USE_RESOLUTION = 3600.0
 
 
 def blob_key(digest: Digest) -> str:
@@ -86,6 +89,10 @@ class ObjectInfo:
     size: int
     # The digest the tier recorded with the object (S3 metadata); None where it records none.
     digest: str | None = None
+    # Last use as the tier records it, in seconds since the epoch: the disk's mtime (set at
+    # commit, refreshed by hits at most once per LAST_USE_RESOLUTION), S3's LastModified (the
+    # upload). None where the tier records none.
+    modified: float | None = None
 
 
 class ByteSource(Protocol):
@@ -150,6 +157,10 @@ class Tier(Protocol):
 
     def keys(self, prefix: str) -> AsyncIterator[str]:
         """Every key under `prefix`, in no particular order."""
+
+    def entries(self, prefix: str) -> AsyncIterator[ObjectInfo]:
+        """Every object under `prefix` with its size and last use, in no particular order: one
+        listing, not a stat per key (the operator's commands walk whole tiers with it)."""
 
 
 class SharedTier(Tier, Protocol):

@@ -1,14 +1,21 @@
-"""The local-disk tier: files under the cache dir, made visible by rename."""
+"""The local-disk tier: files under the cache dir, made visible by rename.
+
+A file's mtime is its last use: set when it is committed, refreshed by a hit (open, a small read,
+an existence check) when it is older than LAST_USE_RESOLUTION, with one futimens on the
+descriptor the hit opened anyway. atime is not used: relatime and noatime mounts do not keep it.
+"""
 
 from __future__ import annotations
 
 import os
+import stat
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from regcache.storage.base import CHUNK, ObjectInfo, StagedObject
+from regcache.storage.base import CHUNK, LAST_USE_RESOLUTION, ObjectInfo, StagedObject
 from regcache.storage.staging import STAGING_DIR
 
 
@@ -61,8 +68,10 @@ class StoredFile:
 class DiskTier:
     name = "disk"
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, record_use: bool = True) -> None:
         self.root = root
+        # False for the operator's commands: their reads are not uses.
+        self.record_use = record_use
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / STAGING_DIR).mkdir(exist_ok=True)
 
@@ -74,15 +83,17 @@ class DiskTier:
             st = os.stat(self._path(key))
         except (FileNotFoundError, NotADirectoryError):
             return None
-        return ObjectInfo(key, st.st_size)
+        return ObjectInfo(key, st.st_size, modified=st.st_mtime)
 
     async def open(self, key: str, on_close: Callable[[], None] | None = None) -> FileSource | None:
-        """The stored file, or None; `on_close` runs once when the source is closed."""
+        """The stored file, or None; `on_close` runs once when the source is closed. A use."""
         try:
             fd = os.open(self._path(key), os.O_RDONLY)
         except (FileNotFoundError, NotADirectoryError):
             return None
-        return FileSource(fd, os.fstat(fd).st_size, on_close)
+        st = os.fstat(fd)
+        self._note_use(fd, st.st_mtime)
+        return FileSource(fd, st.st_size, on_close)
 
     def stored(self, key: str) -> StoredFile | None:
         """The stored file of `key` as something another tier's `commit` can copy; None if absent."""
@@ -93,10 +104,18 @@ class DiskTier:
             return None
 
     async def read_small(self, key: str) -> bytes | None:
+        """The object's bytes, or None. A use."""
         try:
-            return self._path(key).read_bytes()
+            fd = os.open(self._path(key), os.O_RDONLY)
         except (FileNotFoundError, NotADirectoryError):
             return None
+        try:
+            st = os.fstat(fd)
+            self._note_use(fd, st.st_mtime)
+            with os.fdopen(fd, "rb", closefd=False) as file:
+                return file.read()
+        finally:
+            os.close(fd)
 
     async def put_small(self, key: str, data: bytes) -> None:
         target = self._path(key)
@@ -124,13 +143,33 @@ class DiskTier:
             pass
 
     def exists(self, key: str) -> bool:
-        return os.path.isfile(self._path(key))
+        """Whether the object is stored (a hot manifest's check): a use."""
+        path = self._path(key)
+        try:
+            st = os.stat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        if not stat.S_ISREG(st.st_mode):
+            return False
+        self._note_use(path, st.st_mtime)
+        return True
 
     async def keys(self, prefix: str) -> AsyncIterator[str]:
         base = self._path(prefix)
         for dirpath, _dirs, files in os.walk(base):
             for name in files:
                 yield os.path.relpath(os.path.join(dirpath, name), self.root)
+
+    async def entries(self, prefix: str) -> AsyncIterator[ObjectInfo]:
+        base = self._path(prefix)
+        for dirpath, _dirs, files in os.walk(base):
+            for name in files:
+                path = os.path.join(dirpath, name)
+                try:
+                    st = os.stat(path)
+                except FileNotFoundError:
+                    continue  # removed since the directory was read
+                yield ObjectInfo(os.path.relpath(path, self.root), st.st_size, modified=st.st_mtime)
 
     def writable(self) -> bool:
         """Whether a file can be created in the cache dir right now (for /readyz)."""
@@ -141,3 +180,12 @@ class DiskTier:
             return True
         except OSError:
             return False
+
+    def _note_use(self, file: int | str | Path, modified: float) -> None:
+        """Refresh a stored file's mtime (its last use) when it is older than LAST_USE_RESOLUTION."""
+        if not self.record_use or time.time() - modified < LAST_USE_RESOLUTION:
+            return
+        try:
+            os.utime(file)
+        except OSError:
+            pass  # a file another user owns, a read-only mount: the use goes unrecorded

@@ -2,7 +2,8 @@
 
 In S3 mode the local disk is a bounded front for the shared bucket: when it grows past the limit
 the least recently used objects go, except those a client is reading or that have not reached S3
-yet (pinned). Recency is kept in memory; at start-up files are ordered by their access time.
+yet (pinned). Recency is kept in memory; at start-up files are ordered by their last use (the
+later of atime and mtime: hits refresh mtime, see disk.py).
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ class LocalIndex:
                     st = os.stat(path)
                 except FileNotFoundError:
                     continue
-                found.append((st.st_atime, os.path.relpath(path, root), st.st_size))
-        for _atime, key, size in sorted(found):
+                found.append((max(st.st_atime, st.st_mtime), os.path.relpath(path, root), st.st_size))
+        for _used, key, size in sorted(found):
             self.add(key, size)
 
     def add(self, key: str, size: int) -> None:

@@ -19,6 +19,7 @@ import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
+from datetime import datetime
 from typing import Any, TypeVar
 
 from regcache import metrics
@@ -66,6 +67,11 @@ def _describe(exc: BaseException) -> str:
         message = getattr(exc, "response", {}).get("Error", {}).get("Message") or ""
         return f"{code}: {message}".rstrip(": ") if message and message != code else code
     return f"{type(exc).__name__}: {exc}"
+
+
+def _timestamp(value: object) -> float | None:
+    """botocore's LastModified (a datetime) as seconds since the epoch."""
+    return value.timestamp() if isinstance(value, datetime) else None
 
 
 class S3Source:
@@ -196,7 +202,8 @@ class S3Tier:
             )
         except FileNotFoundError:
             return None
-        return ObjectInfo(key, int(head["ContentLength"]), (head.get("Metadata") or {}).get("digest"))
+        digest = (head.get("Metadata") or {}).get("digest")
+        return ObjectInfo(key, int(head["ContentLength"]), digest, _timestamp(head.get("LastModified")))
 
     async def open(self, key: str) -> S3Source | None:
         found = await self.stat(key)
@@ -250,6 +257,18 @@ class S3Tier:
             page = await self._call("list", lambda: self._client.list_objects_v2(**query), LOOKUP_TIMEOUT)
             for item in page.get("Contents", []):
                 yield item["Key"][len(self.prefix) :]
+            if not page.get("IsTruncated"):
+                return
+            query["ContinuationToken"] = page["NextContinuationToken"]
+
+    async def entries(self, prefix: str) -> AsyncIterator[ObjectInfo]:
+        """The listing's sizes and LastModified (the upload: S3 records no later use)."""
+        query = {"Bucket": self.bucket, "Prefix": self._key(prefix)}
+        while True:
+            page = await self._call("list", lambda: self._client.list_objects_v2(**query), LOOKUP_TIMEOUT)
+            for item in page.get("Contents", []):
+                key = item["Key"][len(self.prefix) :]
+                yield ObjectInfo(key, int(item["Size"]), modified=_timestamp(item.get("LastModified")))
             if not page.get("IsTruncated"):
                 return
             query["ContinuationToken"] = page["NextContinuationToken"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -138,6 +139,22 @@ def test_keys_lists_what_is_under_a_prefix_put_or_committed(run_on_tier, tmp_pat
         ]
         await tier.delete("tags/r/a/2.json")
         assert sorted([k async for k in tier.keys("tags/r/a/")]) == ["tags/r/a/1.json", "tags/r/a/3.json"]
+
+    run_on_tier(body)
+
+
+def test_entries_list_sizes_and_last_use_of_what_is_under_a_prefix(run_on_tier, tmp_path):
+    async def body(tier):
+        before = time.time() - 5
+        await tier.put_small("tags/r/a/1.json", b"{}")
+        await tier.commit(key_of(b"blob bytes"), stage(tmp_path, b"blob bytes"))
+        tags = [e async for e in tier.entries("tags/")]
+        assert [(e.key, e.size) for e in tags] == [("tags/r/a/1.json", 2)]
+        blobs = [e async for e in tier.entries("blobs/")]
+        assert [(e.key, e.size) for e in blobs] == [(key_of(b"blob bytes"), 10)]
+        # Clocks of an S3 server and this host may differ by a little; not by minutes.
+        assert all(abs(e.modified - before) < 120 for e in tags + blobs)
+        assert (await tier.stat("tags/r/a/1.json")).modified == pytest.approx(tags[0].modified, abs=1)
 
     run_on_tier(body)
 
