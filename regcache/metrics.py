@@ -122,3 +122,9 @@ OVERLOADED = Counter(
 )
 for _limit in ("fills", "fill-clients"):
     OVERLOADED.labels(_limit)
+OFFLINE_MISSES = Counter(
+    "regcache_offline_misses",
+    "Requests for content not in the cache that --offline answered 404 instead of asking the "
+    "registry, by registry and kind (manifest, blob).",
+    ["registry", "kind"],
+)

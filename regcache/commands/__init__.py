@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 
-COMMANDS: dict[str, str] = {}
+COMMANDS: dict[str, str] = {"prefetch": "prefetch"}
 
 
 def run(name: str, argv: list[str]) -> int:
