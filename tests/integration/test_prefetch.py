@@ -16,6 +16,7 @@ from tests.peers.containerd import Containerd
 from tests.peers.images import Image, Index, build_image, build_index, host_architecture, make_layer, push, random_layer
 from tests.peers.net import clean_env, free_port
 from tests.peers.registry import Registry
+from tests.peers.tokenserver import TokenServer
 from tests.support import ROOT, blob_path, request
 
 OTHER_ARCH = "arm64" if host_architecture() == "amd64" else "amd64"
@@ -183,6 +184,26 @@ def test_prefetch_fails_per_image_with_the_reason_and_goes_on_with_the_others(ma
         result.stdout
     )
     assert blob_path(cache.cache_dir, images.tool.layer_digests[0]).exists()
+
+
+def test_prefetch_gets_an_anonymous_token_where_the_registry_wants_one(make_regcache, images, tmp_path):
+    """Docker Hub wants a token even for public images; regcache without credentials passes its
+    401 on, and prefetch, like containerd, asks the realm for an anonymous token."""
+    server = TokenServer(tmp_path / "tokens", anonymous_pull=True).start()
+    registry = Registry(tmp_path / "registry", token=server.auth()).start()
+    try:
+        push(images.tool, f"{registry.host}/demo/tool:2.0", creds=(server.user, server.password))
+        server.reset()
+        cache = make_regcache("--upstream", f"{registry.host}={registry.url}")
+        ref = f"{registry.host}/demo/tool:2.0"
+        result = prefetch("--via", cache.url, ref)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert blob_path(cache.cache_dir, images.tool.layer_digests[0]).exists()
+        anonymous = [r for r in server.requests if r.method == "GET" and r.authorization is None]
+        assert len(anonymous) == 1, "one token for the repository, then reused"
+    finally:
+        registry.close()
+        server.stop()
 
 
 @pytest.mark.parametrize(

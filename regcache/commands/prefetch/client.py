@@ -4,6 +4,11 @@ The standard library's http.client, one connection per request, in worker thread
 timeout applies to each read, so it is an idle timeout (a multi-GiB layer may take as long as it
 takes, a cache that stops sending is given up on), and it never reads proxy variables, so
 `--via` is reached directly.
+
+Without credentials for a registry, regcache passes its 401 on, as a registry would, and its
+clients fetch an anonymous token from the challenge's realm themselves (Docker Hub wants one even
+for public images). So does prefetch: one GET to the realm (with the machine's proxy settings,
+it is on the internet), the token kept for its scope, the request sent again with it.
 """
 
 from __future__ import annotations
@@ -12,11 +17,13 @@ import http.client
 import json
 import threading
 import urllib.parse
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from regcache import __version__
 from regcache.oci import mediatypes
+from regcache.upstream.auth import parse_www_authenticate
 
 USER_AGENT = f"regcache-prefetch/{__version__}"
 # What containerd's resolver sends for a manifest by tag or digest (remotes/docker/resolver.go).
@@ -77,6 +84,8 @@ class CacheClient:
         self._port = parts.port or (443 if self._https else 80)
         self._timeout = idle_timeout
         self._cancelled = cancelled or threading.Event()
+        self._tokens: dict[tuple[str, str], str] = {}  # (registry, repo) → Authorization
+        self._tokens_lock = threading.Lock()
 
     def ping(self) -> None:
         """PrefetchError unless a registry API answers at `via` (GET /v2/ as containerd does)."""
@@ -112,6 +121,51 @@ class CacheClient:
         registry: str | None = None,
         keep: int = 0,
         on_received: Callable[[int], None] | None = None,
+    ) -> Answer:
+        """The answer, after fetching an anonymous token once when the registry asked for one."""
+        repo = path.removeprefix("/v2/").rsplit("/", 2)[0]
+        key = (registry or "", repo)
+        with self._tokens_lock:
+            known = self._tokens.get(key)
+        sent = {**headers, "Authorization": known} if known else headers
+        answer = self._exchange(method, path, sent, registry, keep, on_received)
+        if answer.status != 401 or registry is None:
+            return answer
+        authorization = self._anonymous_token(answer, repo)
+        if authorization is None:
+            return answer
+        with self._tokens_lock:
+            self._tokens[key] = authorization
+        return self._exchange(method, path, {**headers, "Authorization": authorization}, registry, keep, on_received)
+
+    def _anonymous_token(self, answer: Answer, repo: str) -> str | None:
+        """`Bearer <token>` from the challenge's realm, or None (a Basic challenge, a refusal:
+        then the 401 is the answer, and the cache needs credentials, --creds-file)."""
+        for challenge in parse_www_authenticate(answer.headers.get("WWW-Authenticate", "")):
+            realm = challenge.params.get("realm", "")
+            if challenge.scheme != "bearer" or urllib.parse.urlsplit(realm).scheme not in ("http", "https"):
+                continue
+            query = {"scope": challenge.params.get("scope") or f"repository:{repo}:pull"}
+            if challenge.params.get("service"):
+                query["service"] = challenge.params["service"]
+            url = realm + ("&" if "?" in realm else "?") + urllib.parse.urlencode(query)
+            try:
+                with urllib.request.urlopen(url, timeout=self._timeout) as response:  # noqa: S310 - http(s) only
+                    data = json.loads(response.read(1 << 20))
+            except (OSError, ValueError):
+                return None
+            token = data.get("token") or data.get("access_token") if isinstance(data, dict) else None
+            return f"Bearer {token}" if isinstance(token, str) and token else None
+        return None
+
+    def _exchange(
+        self,
+        method: str,
+        path: str,
+        headers: dict[str, str],
+        registry: str | None,
+        keep: int,
+        on_received: Callable[[int], None] | None,
     ) -> Answer:
         if self._cancelled.is_set():
             raise Cancelled()

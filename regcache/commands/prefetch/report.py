@@ -33,7 +33,9 @@ def progress_line(state: ImageState) -> str:
         return f"{name}  {state.phase}"
     done = sum(1 for blob in blobs if blob.done)
     sizes = f"{human_size(state.received_bytes)} / {human_size(state.total_bytes)}"
-    return f"{name}  {platforms}  {done}/{len(blobs)} blobs  {sizes}"
+    # A single-platform image says its platform in its config, known once that has arrived.
+    shown = f"  {platforms}" if state.platforms else ""
+    return f"{name}{shown}  {done}/{len(blobs)} blobs  {sizes}"
 
 
 def resolved_line(state: ImageState) -> str:

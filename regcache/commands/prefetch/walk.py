@@ -94,6 +94,9 @@ class Prefetcher:
         except PrefetchError as exc:
             state.error = str(exc)
             state.phase = "failed"
+        except Exception as exc:  # noqa: BLE001 - a thread's boundary: the image fails, the run goes on
+            state.error = f"internal error: {type(exc).__name__}: {exc}"
+            state.phase = "failed"
 
     def _pull(self, state: ImageState) -> None:
         state.phase = "resolving"
