@@ -22,9 +22,8 @@ from regcache.credentials import Credentials as Credentials
 from regcache.credentials import CredentialStore, load_creds_file
 from regcache.credentials import creds_file_warning as creds_file_warning
 from regcache.errors import BadRequest, ConfigError
-from regcache.oci.reference import parse_registry
+from regcache.oci.reference import DOCKER_HUB, parse_registry
 
-DOCKER_HUB = "docker.io"
 BUILTIN_UPSTREAMS: Mapping[str, str] = MappingProxyType({DOCKER_HUB: "https://registry-1.docker.io"})
 LOG_LEVELS = ("debug", "info", "warning", "error")
 _TRUE = ("yes", "true", "1", "on")
@@ -232,6 +231,9 @@ OPTIONS: tuple[Option, ...] = (
            help="clients reading one download at once; more get 503"),
     Option("--client-idle-timeout", 60.0, _POSITIVE, type=float, metavar="SECONDS",
            help="close a client connection that sends no request, or takes no byte, for this long"),
+    Option("--offline", False, _as_given, action="store_true",
+           help="never contact a registry: serve what is cached (tags whatever their age), answer "
+           "everything else 404 so clients go to the registry themselves"),
 )
 # fmt: on
 _OPTION_OF_FIELD = {option.field: option for option in OPTIONS}
@@ -267,6 +269,7 @@ class Settings:
     max_fills: int = _default("max_fills")
     max_fill_clients: int = _default("max_fill_clients")
     client_idle_timeout: float = _default("client_idle_timeout")
+    offline: bool = _default("offline")
 
     @classmethod
     def from_namespace(cls, args: Namespace) -> Settings:

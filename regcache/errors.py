@@ -81,3 +81,26 @@ class StorageError(RegcacheError):
 class Overloaded(RegcacheError):
     """More downloads, or more readers of one, than the limits allow: the client should get the
     object from the registry itself (503), not wait for the cache."""
+
+
+class Offline(RegcacheError):
+    """regcache runs with --offline and what was asked is not cached: no registry may be asked.
+
+    Not an UpstreamError: nothing failed, so nothing retries, resumes or serves stale on it.
+    """
+
+    def __init__(self, registry: str, path: str) -> None:
+        super().__init__(
+            f"regcache is offline (--offline): {registry}{_shown(path)} is not in the cache and no registry is contacted"
+        )
+        self.registry = registry
+        self.kind = "manifest" if "/manifests/" in path else "blob" if "/blobs/" in path else "other"
+
+
+def _shown(path: str) -> str:
+    """`/v2/library/alpine/manifests/3.20` as `/library/alpine:3.20` (or `@sha256:…`)."""
+    for part, sep in (("/manifests/", ":"), ("/blobs/", "@")):
+        repo, found, reference = path.removeprefix("/v2").partition(part)
+        if found:
+            return f"{repo}{'@' if ':' in reference else sep}{reference}"
+    return path

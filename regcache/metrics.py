@@ -130,3 +130,10 @@ ECR_TOKEN_REFRESHES = Counter(
     "401 goes to clients until a later call succeeds).",
     ["registry", "result"],
 )
+
+OFFLINE_MISSES = Counter(
+    "regcache_offline_misses",
+    "Requests for content not in the cache that --offline answered 404 instead of asking the "
+    "registry, by registry and kind (manifest, blob).",
+    ["registry", "kind"],
+)

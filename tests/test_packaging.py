@@ -351,6 +351,7 @@ def test_k8s_manifests_have_the_expected_kinds() -> None:
         "serviceaccount-s3.yaml": "ServiceAccount",
         "service.yaml": "Service",
         "ingress.yaml": "Ingress",
+        "prefetch-cronjob.yaml": "CronJob",
     }
 
 
@@ -411,6 +412,24 @@ def test_k8s_s3_deployment_runs_s3_mode_as_the_irsa_service_account(tmp_path: Pa
     limit = cache_volume["emptyDir"]["sizeLimit"]
     assert settings.local_cache_size is not None
     assert settings.local_cache_size < int(limit.removesuffix("Gi")) * 2**30
+
+
+@pytest.mark.usefixtures("no_regcache_env")
+def test_k8s_prefetch_cronjob_runs_prefetch_through_the_service() -> None:
+    from regcache.commands.prefetch import build_parser as prefetch_parser
+    from regcache.commands.prefetch import cache_url, parse_platforms, read_references
+
+    cronjob = k8s("prefetch-cronjob.yaml")
+    pod = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    assert pod["restartPolicy"] in ("Never", "OnFailure") and pod["enableServiceLinks"] is False
+    (container,) = pod["containers"]
+    assert container["image"] == k8s("deployment.yaml")["spec"]["template"]["spec"]["containers"][0]["image"]
+    command, *argv = container["args"]
+    assert command == "prefetch"
+    args = prefetch_parser().parse_args(argv)
+    service = k8s("service.yaml")
+    assert cache_url(args.via, args.host, args.port) == f"http://{service['metadata']['name']}:3000"
+    assert parse_platforms(args.platform) and read_references(args.images, args.file)
 
 
 def test_k8s_service_and_ingress_reach_the_pods() -> None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from regcache import metrics
 from regcache.cache.origins import CannotResume, Origin
 from regcache.cache.spool import Spool, SpoolReader
-from regcache.errors import Overloaded, RegcacheError, StorageError, UpstreamError
+from regcache.errors import Offline, Overloaded, RegcacheError, StorageError, UpstreamError
 from regcache.storage.base import ByteSource
 from regcache.upstream.client import UpstreamResponse
 
@@ -152,8 +152,9 @@ class Fill:
 
     def _fail(self, error: RegcacheError) -> None:
         if self.spool.error is None:
-            # Storage failures are reported once a minute (storage/health.py), not per download.
-            level = logging.DEBUG if isinstance(error, StorageError) else logging.WARNING
+            # Storage failures are reported once a minute (storage/health.py), not per download;
+            # an offline miss is no failure at all (its request's log line says 404).
+            level = logging.DEBUG if isinstance(error, (StorageError, Offline)) else logging.WARNING
             log.log(level, "fill %s: %s; nothing stored", self.key, error)
         self.spool.fail(error)
         self._origin.failed(error)

@@ -1,4 +1,5 @@
-"""What may be stored: --cache-manifests, --skip-tags, --skip-repos and --private-registry, decided in one place."""
+"""What may be stored and what served without asking: --cache-manifests, --skip-tags,
+--skip-repos, --private-registry, --tag-ttl and --offline, decided in one place."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ class Policy:
     private_registries: frozenset[str] = frozenset()
     tag_ttl: float = 300.0
     skip_repos: re.Pattern[str] | None = None
+    # --offline: no registry can say anything fresher, so whatever is stored is the answer.
+    offline: bool = False
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Policy:
@@ -25,6 +28,7 @@ class Policy:
             settings.private_registries,
             settings.tag_ttl,
             settings.skip_repos,
+            settings.offline,
         )
 
     def repo_is_skipped(self, registry: str, repo: str) -> bool:
@@ -36,8 +40,11 @@ class Policy:
         """Whether a stored tag may be served without asking the registry (--tag-ttl).
 
         A pointer without a time (written before tags had one) or from the future (a clock
-        that jumped) is due for revalidation.
+        that jumped) is due for revalidation. Offline, every stored tag is fresh: there is no
+        registry to revalidate it with.
         """
+        if self.offline:
+            return True
         if fetched_at is None or fetched_at > now + 60:
             return False
         return now - fetched_at < self.tag_ttl
@@ -52,6 +59,8 @@ class Policy:
             return "skip-repos"
         if ref.digest is not None and not ref.digest.verifiable:
             return "unverifiable-digest"
-        if ref.tag is not None and self.skip_tags is not None and self.skip_tags.search(ref.tag):
+        # Offline a matching tag cannot be fetched fresh, so a stored one (from a cache that
+        # was filled with another --skip-tags) is served rather than refused.
+        if ref.tag is not None and self.skip_tags is not None and self.skip_tags.search(ref.tag) and not self.offline:
             return "skip-tags"
         return None

@@ -14,6 +14,7 @@ COMMANDS: dict[str, str] = {
     "verify": "verify",
     "rm": "rm",
     "prune": "prune",
+    "prefetch": "prefetch",
 }
 
 

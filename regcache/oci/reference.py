@@ -71,3 +71,80 @@ def parse_manifest_ref(registry: str, repo: str, reference: str) -> ManifestRef:
 
 def parse_blob_ref(registry: str, repo: str, digest: str) -> BlobRef:
     return BlobRef(registry, parse_repo(repo), Digest.parse(digest))
+
+
+DOCKER_HUB = "docker.io"
+_LEGACY_DOCKER_HUB = "index.docker.io"
+_HEX64_RE = re.compile(r"^[a-f0-9]{64}$")
+
+
+@dataclass(frozen=True)
+class ImageReference:
+    """An image as containerd names it after normalising: `alpine` is docker.io/library/alpine:latest.
+
+    By digest the tag is dropped, as containerd's ParseDockerRef does: the digest decides.
+    """
+
+    registry: str
+    repo: str
+    tag: str | None = None
+    digest: Digest | None = None
+
+    @property
+    def reference(self) -> str:
+        """What goes after /manifests/ in the URL."""
+        return str(self.digest) if self.digest is not None else self.tag or "latest"
+
+    def __str__(self) -> str:
+        if self.digest is not None:
+            return f"{self.registry}/{self.repo}@{self.digest}"
+        return f"{self.registry}/{self.repo}:{self.tag}"
+
+
+def parse_image_reference(text: str) -> ImageReference:
+    """Normalise an image reference the way containerd and Docker do; BadRequest names the problem.
+
+    The first path component is the registry when it has a `.` or `:` or is `localhost` (or is
+    not lower-case, so the repository check can refuse it); anything else is on Docker Hub,
+    where a one-component name is under `library/`.
+    """
+    given = text.strip()
+    if not given:
+        raise BadRequest("NAME_INVALID", "empty image reference")
+    if any(c.isspace() for c in given):
+        raise BadRequest("NAME_INVALID", f"invalid image reference {text!r}: contains white space")
+    if _HEX64_RE.match(given):
+        raise BadRequest("NAME_INVALID", f"invalid image reference {text!r}: a bare 64-hex string is not a name")
+    name, at, digest_text = given.partition("@")
+    digest = None
+    if at:
+        try:
+            digest = Digest.parse(digest_text)
+        except BadRequest as exc:
+            raise BadRequest("NAME_INVALID", f"invalid image reference {text!r}: {exc.message}") from None
+    tag = None
+    slash = name.rfind("/")
+    colon = name.rfind(":")
+    if colon > slash:
+        name, tag = name[:colon], name[colon + 1 :]
+        if not _TAG_RE.match(tag):
+            raise BadRequest("NAME_INVALID", f"invalid image reference {text!r}: invalid tag {tag!r}")
+    first, sep, rest = name.partition("/")
+    if sep and (any(c in first for c in ".:") or first == "localhost" or first.lower() != first):
+        registry, repo = first, rest
+        if not _REGISTRY_RE.match(registry):
+            raise BadRequest("NAME_INVALID", f"invalid image reference {text!r}: invalid registry {registry!r}")
+        registry = registry.lower()
+    else:
+        registry, repo = DOCKER_HUB, name
+    if registry == _LEGACY_DOCKER_HUB:
+        registry = DOCKER_HUB
+    if registry == DOCKER_HUB and "/" not in repo:
+        repo = f"library/{repo}"
+    if repo.lower() != repo:
+        raise BadRequest("NAME_INVALID", f"invalid image reference {text!r}: repository name must be lower-case")
+    if len(repo) > MAX_REPO_LENGTH or not _REPO_RE.match(repo):
+        raise BadRequest("NAME_INVALID", f"invalid image reference {text!r}: invalid repository name {repo!r}")
+    if digest is not None:
+        return ImageReference(registry, repo, digest=digest)
+    return ImageReference(registry, repo, tag=tag or "latest")

@@ -1,7 +1,9 @@
 """The one upstream client: a logical request to a registry, through redirects and auth.
 
 `fetch` answers with the whole (small) answer; `open` answers a 2xx with a stream to pull its
-body from, and anything else whole, so that it can be passed to the client unchanged. What to do
+body from, and anything else whole, so that it can be passed to the client unchanged. Every
+contact with a registry (manifests, blobs, access checks, tokens) goes through `_final`, so that
+is where --offline refuses it: one decision, raised as `Offline` (a 404 for the client). What to do
 with each answer on the way is decided by the pure `steps.next_step`; the transport
 (transport.py) owns every curl quirk and receives bodies off the event loop.
 """
@@ -16,8 +18,9 @@ from pathlib import Path
 
 from tornado.httputil import HTTPHeaders
 
+from regcache import metrics
 from regcache.config import Settings
-from regcache.errors import RegcacheError
+from regcache.errors import Offline, RegcacheError
 from regcache.upstream.auth import Authenticator, TokenAnswer, TokenRequest
 from regcache.upstream.guard import AddressGuard
 from regcache.upstream.proxy import combined_ca_bundle, origin_of, proxy_for
@@ -126,6 +129,10 @@ class UpstreamClient:
     async def _final(self, request: UpstreamRequest) -> Exchange | UpstreamResponse:
         """The exchange whose answer is the request's (redirects followed, a 401 answered with
         our credentials), or that answer already read."""
+        if self._settings.offline:
+            error = Offline(request.registry, request.path)
+            metrics.OFFLINE_MISSES.labels(metrics.registry_label(request.registry), error.kind).inc()
+            raise error
         self.guard.check_registry(request.registry)
         base = self.endpoint(request.registry)
         url = base + request.path

@@ -177,6 +177,8 @@ async def _serve(settings: Settings, store: TieredStore, ready: asyncio.Future[i
     server.add_sockets(bound)
     port = bound[0].getsockname()[1]
     log.info("regcache listening on %s:%d, cache dir %s", settings.host, port, root)
+    if settings.offline:
+        log.info("offline: no registry is contacted; what is not cached is answered 404")
     if ready is not None and not ready.done():
         ready.set_result(port)
 

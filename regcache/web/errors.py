@@ -11,6 +11,7 @@ from regcache.errors import (
     DigestMismatch,
     ListTooLarge,
     ManifestTooLarge,
+    Offline,
     Overloaded,
     SizeMismatch,
     StorageError,
@@ -29,6 +30,10 @@ def error_for(exc: BaseException | None, status: int) -> tuple[int, str, str]:
     """(status, OCI code, message) for an exception; never a traceback, never a credential."""
     if isinstance(exc, BadRequest):
         return exc.status, exc.code, exc.message
+    if isinstance(exc, Offline):
+        # A 404 makes containerd try its next host (the registry itself, where it can reach one).
+        code = {"manifest": "MANIFEST_UNKNOWN", "blob": "BLOB_UNKNOWN"}.get(exc.kind, "NAME_UNKNOWN")
+        return 404, code, str(exc)
     if isinstance(exc, DigestMismatch):
         return 502, "DIGEST_INVALID", str(exc)
     if isinstance(exc, SizeMismatch):

@@ -34,6 +34,8 @@ QUIET_PATHS = frozenset(("/healthz", "/readyz", "/metrics"))
 API_VERSION = ("Docker-Distribution-Api-Version", "registry/2.0")
 # distribution-spec "Registry Proxying": a registry that scopes requests by ns SHOULD return it.
 NAMESPACE_HEADER = "OCI-Namespace"
+# hit, miss or skip, as counted in containerd_cache_total: `regcache prefetch` reports it.
+CACHE_RESULT_HEADER = "X-Regcache-Cache"
 
 
 class BaseHandler(BodyWriter):
@@ -94,6 +96,12 @@ class BaseHandler(BodyWriter):
         if isinstance(chunk, bytes) and not self.body_bytes:
             self.body_bytes = len(chunk)
         return super().finish(chunk)
+
+    def count(self, result: str) -> None:
+        """How the cache answered this request: the log line, the counter and a header."""
+        self.cache_result = result
+        metrics.CACHE_RESULTS.labels(result).inc()
+        self.set_header(CACHE_RESULT_HEADER, result)
 
     def fail(self, status: int, code: str, message: str) -> None:
         self.set_status(status)
@@ -188,8 +196,7 @@ class ManifestHandler(BaseHandler):
         origin = self.routed(name)
         ref = parse_manifest_ref(origin.registry, origin.repo, reference)
         answer = await self.services.manifests.get(ref, self.client_context())
-        self.cache_result = answer.result
-        metrics.CACHE_RESULTS.labels(answer.result).inc()
+        self.count(answer.result)
         if answer.passed_through is not None:
             self.pass_through(answer.passed_through, include_body)
             return
@@ -233,25 +240,21 @@ class BlobHandler(BaseHandler):
                     await answer.aclose()
             case Redirect(url=url):
                 # Straight from S3 (presigned, short-lived): large layers skip this process.
-                self._count("hit")
+                self.count("hit")
                 self.set_status(307)
                 self.set_header("Location", url)
                 self.set_header("Docker-Content-Digest", str(digest))
                 self.set_header("Content-Length", "0")
             case UpstreamAnswer(response=response):
-                self._count("skip")
+                self.count("skip")
                 if 200 <= response.status < 300:
                     # A HEAD answered by a CDN after a redirect may lack these; containerd needs the digest.
                     response.headers["Docker-Content-Digest"] = str(digest)
                     response.headers.setdefault("Accept-Ranges", "bytes")
                 self.pass_through(response, include_body=self.request.method != "HEAD")
 
-    def _count(self, result: str) -> None:
-        self.cache_result = result
-        metrics.CACHE_RESULTS.labels(result).inc()
-
     async def _send_body(self, body: Body) -> None:
-        self._count(body.result)
+        self.count(body.result)
         self._blob_headers(body.digest)
         start, end = 0, body.size
         if body.size is not None:
