@@ -27,7 +27,7 @@ from regcache import metrics
 from regcache.cache.context import ClientContext
 from regcache.cache.manifests import upstream_unavailable
 from regcache.cache.policy import Policy
-from regcache.errors import ListTooLarge, UpstreamError
+from regcache.errors import ListTooLarge, Offline, UpstreamError
 from regcache.oci.listings import ListRef
 from regcache.singleflight import SingleFlight
 from regcache.storage.base import list_key
@@ -94,6 +94,13 @@ class ListService:
         )
         try:
             response = await self._upstream.fetch(request)
+        except Offline:
+            # --offline: the kept answer is the answer, whatever its age; without one the 404
+            # says the cache is offline, and the client asks the registry where it can.
+            kept = _parse(await self._store.read_small(key)) if key is not None else None
+            if kept is None:
+                raise
+            return ListAnswer("hit", kept.response())
         except UpstreamError as exc:
             stale = await self._stale(ref, key, exc.message)
             if stale is None:

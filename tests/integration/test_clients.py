@@ -62,6 +62,31 @@ def test_skopeo_copies_an_image_by_in_path_reference(origin_cache, upstream, scr
     assert origin_cache.cache_count("miss") == 1 + len(app.blob_digests)
 
 
+def test_skopeo_lists_tags_through_the_cache_and_from_it_with_the_registry_stopped(origin_cache, upstream, scratch):
+    push(upstream.app, f"{upstream.ns}/{REPO}:1.1")
+    argv = [
+        require("skopeo"),
+        "list-tags",
+        "--tls-verify=false",
+        f"docker://127.0.0.1:{origin_cache.port}/{ORIGIN}/{REPO}",
+    ]
+    env = clean_env(HOME=str(scratch), XDG_RUNTIME_DIR=str(scratch))
+
+    def list_tags() -> list[str]:
+        done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return sorted(json.loads(done.stdout)["Tags"])
+
+    fresh = list_tags()
+    assert {"1.0", "1.1"} <= set(fresh)
+    assert log_lines(origin_cache.log(), rf"GET /v2/{ORIGIN}/{REPO}/tags/list ns={ORIGIN} status=200")
+    upstream.registry.stop()
+    try:
+        assert list_tags() == fresh, "the kept list, while the registry is down"
+    finally:
+        upstream.registry.start()
+
+
 def test_podman_pulls_through_a_registries_conf_mirror_and_again_with_the_upstream_stopped(
     podman, origin_cache, upstream
 ):

@@ -228,6 +228,23 @@ def test_the_last_good_page_is_served_while_the_registry_is_down(make_regcache, 
     assert stale_count(cache, listed.ns, "tags") == 1
 
 
+def test_an_offline_cache_serves_the_kept_list_and_a_404_for_one_never_kept(make_regcache, listed):
+    first = make_regcache("--upstream", f"{listed.ns}={listed.registry.url}")
+    kept = list_tags(first, listed.ns)
+    assert kept.status == 200
+    first.stop()
+    # Air-gapped: the same cache dir, no registry contacted (the registry is still up, so a
+    # request that reached it would answer).
+    offline = make_regcache("--upstream", f"{listed.ns}={listed.registry.url}", "--offline", cache_dir=first.cache_dir)
+    asked_before = len(listed.registry.request_log())
+    again = list_tags(offline, listed.ns)
+    assert again.status == 200 and json.loads(again.body) == json.loads(kept.body)
+    never = list_tags(offline, listed.ns, query="n=1")
+    assert never.status == 404
+    assert "offline" in json.loads(never.body)["errors"][0]["message"]
+    assert len(listed.registry.request_log()) == asked_before, "an offline cache asked the registry"
+
+
 def test_a_registry_that_wants_a_login_gets_its_401_through_and_the_clients_login_up(make_regcache, locked):
     cache = make_regcache("--upstream", f"{locked.host}={locked.url}")
     refused = list_tags(cache, locked.host)
