@@ -21,6 +21,7 @@ from regcache.cache.policy import Policy
 from regcache.errors import BadRequest, DigestMismatch, ManifestTooLarge, UpstreamError
 from regcache.oci import mediatypes
 from regcache.oci.digest import Digest
+from regcache.oci.manifest import json_object
 from regcache.oci.reference import ManifestRef
 from regcache.singleflight import SingleFlight
 from regcache.storage.base import manifest_key, manifest_meta_key, tag_key
@@ -127,7 +128,7 @@ class ManifestService:
         digest = ref.digest
         fetched_at: float | None = None
         if digest is None:
-            pointer = _parse_json(await self._store.read_small(tag_key(ref.registry, ref.repo, ref.tag or "")))
+            pointer = json_object(await self._store.read_small(tag_key(ref.registry, ref.repo, ref.tag or "")))
             if pointer is None:
                 return None
             try:
@@ -140,7 +141,7 @@ class ManifestService:
         if manifest is not None and self._store.exists_locally(manifest_key(digest)):
             # Still on disk (an operator's clean-up is honoured): serve the verified copy.
             return _Stored(manifest, fetched_at)
-        meta = _parse_json(await self._store.read_small(manifest_meta_key(digest)))
+        meta = json_object(await self._store.read_small(manifest_meta_key(digest)))
         body = await self._store.read_small(manifest_key(digest))
         if meta is None or body is None or Digest.of(body) != digest:
             return None
@@ -220,16 +221,6 @@ def _announced_digest(response: UpstreamResponse) -> Digest | None:
         return Digest.parse(announced)
     except BadRequest:
         return None
-
-
-def _parse_json(data: bytes | None) -> dict | None:
-    if data is None:
-        return None
-    try:
-        value = json.loads(data)
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) else None
 
 
 class HotManifests:

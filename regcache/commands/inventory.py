@@ -15,7 +15,6 @@ time; `rm` removes what only the forgotten tags reached.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ from dataclasses import dataclass, field
 from regcache.commands.common import Tiers
 from regcache.errors import BadRequest
 from regcache.oci.digest import Digest
-from regcache.oci.manifest import UNREADABLE, References, references
+from regcache.oci.manifest import UNREADABLE, References, json_object, references
 from regcache.oci.mediatypes import OCTET_STREAM
 from regcache.storage.base import ObjectInfo, blob_key, manifest_key
 
@@ -178,7 +177,7 @@ async def scan(tiers: Tiers) -> Inventory:
         assert digest is not None
         body = bodies.get(key)
         refs: References = references(body) if body is not None else UNREADABLE
-        meta = _json(metas.get(key + ".json"))
+        meta = json_object(metas.get(key + ".json"))
         children = [manifest_key(d) for d in refs.manifests] + [blob_key(d) for d in refs.blobs]
         objects = (stored[key],) + ((stored[key + ".json"],) if key + ".json" in stored else ())
         media_type = str(meta.get("media_type") or OCTET_STREAM) if meta else OCTET_STREAM
@@ -190,7 +189,7 @@ async def scan(tiers: Tiers) -> Inventory:
         parts = tag_parts(key)
         assert parts is not None
         registry, repo, tag = parts
-        pointer = _json(pointers.get(key)) or {}
+        pointer = json_object(pointers.get(key)) or {}
         digest = _digest(pointer.get("digest"))
         refers = (manifest_key(digest),) if digest is not None else ()
         media_type = str(pointer.get("media_type") or OCTET_STREAM)
@@ -241,16 +240,6 @@ class _Reader:
     async def read_all(self, keys: list[str]) -> dict[str, bytes]:
         found = await asyncio.gather(*(self.read(key) for key in keys))
         return {key: data for key, data in zip(keys, found, strict=True) if data is not None}
-
-
-def _json(data: bytes | None) -> dict | None:
-    if data is None:
-        return None
-    try:
-        value = json.loads(data)
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) else None
 
 
 def _digest(text: object) -> Digest | None:

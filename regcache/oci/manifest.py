@@ -23,6 +23,17 @@ class References:
 UNREADABLE = References(readable=False)
 
 
+def json_object(data: bytes | None) -> dict | None:
+    """A stored JSON object (a tag pointer, manifest metadata); anything else, torn or foreign, is none."""
+    if data is None:
+        return None
+    try:
+        value = json.loads(data)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
 def references(body: bytes) -> References:
     """The digests a manifest body names, whatever its media type (the body says which it is)."""
     try:
