@@ -2,7 +2,7 @@
 
 import pytest
 
-from regcache.web.ranges import ByteRange, Unsatisfiable, parse_range
+from regcache.cache.ranges import ByteRange, Unsatisfiable, parse_range
 
 
 @pytest.mark.parametrize(
