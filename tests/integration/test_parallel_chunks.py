@@ -10,17 +10,24 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import json
+import os
 import threading
 import urllib.parse
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
 
 from tests.conftest import BIG_REPO, REPO, Upstream
+from tests.fakes import Behaviour, FakeHandler, digest_of
+from tests.integration.test_s3 import dead_upstream, s3_env, uploads_done
+from tests.peers.seaweed import SeaweedS3
 from tests.support import Regcache, blob_path, request, stored_blob, wait_until
 
 CHUNKS = 4
+FAKE_REPO = "chunks/app"
 
 
 @dataclass(frozen=True)
@@ -227,3 +234,145 @@ def test_chunk_readers_are_answered_in_ranges_when_the_cache_cannot_store(cache,
         f"bytes 0-{len(data) - 1}/{len(data)}",
         data,
     )
+
+
+def ranges_honoured_once(data: bytes, honour: bool, content_range: str | None = None) -> Behaviour:
+    """A registry that serves `Range: bytes=N-` (or ignores it, or names another range)."""
+
+    def behaviour(h: FakeHandler) -> None:
+        header = h.headers.get("Range", "")
+        start = int(header[len("bytes=") : -1]) if honour and header.endswith("-") else 0
+        h.send_response(206 if start or content_range else 200)
+        if start or content_range:
+            h.send_header("Content-Range", content_range or f"bytes {start}-{len(data) - 1}/{len(data)}")
+        h.send_header("Content-Length", str(len(data) - start))
+        h.end_headers()
+        h.wfile.write(data[start:])
+
+    return behaviour
+
+
+@pytest.mark.parametrize("honour", [True, False], ids=["registry-honours-range", "registry-ignores-range"])
+def test_a_pass_through_chunk_gets_its_own_bytes_whatever_the_registry_does_with_the_range(make_regcache, fake, honour):
+    data = os.urandom(3 * 1024 * 1024 + 5)
+    digest = digest_of(data)
+    fake.routes[f"/v2/{FAKE_REPO}/blobs/{digest}"] = ranges_honoured_once(data, honour)
+    cache = make_regcache(*fake.upstream_arg())
+    break_storage(cache)
+    assert_chunks(parallel_fetch(blob_url(cache, fake.ns, FAKE_REPO, digest), len(data)), data)
+    asked = [s.headers.get("Range") for s in fake.seen if s.path.endswith(digest)]
+    step = -(-len(data) // CHUNKS)
+    assert sorted(asked, key=str) == sorted([None, *(f"bytes={i * step}-" for i in range(1, CHUNKS))], key=str)
+
+
+def test_a_pass_through_206_for_another_range_is_refused(make_regcache, fake):
+    data = os.urandom(1024 * 1024)
+    digest = digest_of(data)
+    fake.routes[f"/v2/{FAKE_REPO}/blobs/{digest}"] = ranges_honoured_once(data, True, "bytes 0-1048575/1048576")
+    cache = make_regcache(*fake.upstream_arg())
+    break_storage(cache)
+    wrong = request(blob_url(cache, fake.ns, FAKE_REPO, digest), headers={"Range": "bytes=1000-"})
+    assert wrong.status == 502 and data[1000:2000] not in wrong.body
+    assert "bytes 0-1048575/1048576" in json.loads(wrong.body)["errors"][0]["message"]
+
+
+# --- HEAD, If-Range ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["stored", "upstream"])
+def test_a_head_with_a_range_is_answered_as_the_get_would_be(cache, upstream, where):
+    layer = upstream.app.layer_digests[2]
+    size = len(upstream.app.blob(layer))
+    if where == "stored":
+        cache.blob(upstream.ns, REPO, layer)
+        stored_blob(cache.cache_dir, layer)
+    head = cache.blob(upstream.ns, REPO, layer, method="HEAD", Range="bytes=1000-")
+    assert head.status == 206 and head.body == b""
+    assert head.header("Content-Range") == f"bytes 1000-{size - 1}/{size}"
+    assert head.header("Content-Length") == str(size - 1000)
+    assert head.header("Docker-Content-Digest") == layer
+    past = cache.blob(upstream.ns, REPO, layer, method="HEAD", Range=f"bytes={size}-")
+    assert (past.status, past.header("Content-Range")) == (416, f"bytes */{size}")
+    assert cache.blob(upstream.ns, REPO, layer, method="HEAD").status == 200
+    if where == "upstream":
+        assert not blob_path(cache.cache_dir, layer).exists(), "a HEAD never starts a download"
+
+
+def test_if_range_honours_the_range_only_for_the_blobs_own_etag(cache, upstream):
+    layer = upstream.app.layer_digests[2]
+    data = upstream.app.blob(layer)
+    url = blob_url(cache, upstream.ns, REPO, layer)
+    first = request(url)
+    assert first.header("Etag") == f'"{layer}"'
+    same = request(url, headers={"Range": "bytes=10-", "If-Range": f'"{layer}"'})
+    assert (same.status, same.body) == (206, data[10:])
+    for other in ('"sha256:0000"', "Wed, 02 Dec 2026 10:00:00 GMT", f'W/"{layer}"'):
+        whole = request(url, headers={"Range": "bytes=10-", "If-Range": other})
+        assert (whole.status, whole.header("Content-Range"), whole.body) == (200, None, data), other
+
+
+# --- S3: a blob only in the bucket, a cold blob in S3 mode, presigned redirects -------------------
+
+
+@pytest.fixture(scope="module")
+def weed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
+    with SeaweedS3(tmp_path_factory.mktemp("weed")) as s3:
+        yield s3
+
+
+@pytest.fixture
+def start_s3_cache(make_regcache, weed: SeaweedS3, upstream: Upstream) -> Callable[..., Regcache]:
+    bucket = weed.bucket(f"regcache-{uuid.uuid4().hex[:12]}")
+
+    def start(*args: str, upstream_arg: list[str] | None = None) -> Regcache:
+        cache = make_regcache(
+            "-b", bucket, *(upstream.upstream_arg() if upstream_arg is None else upstream_arg), *args, env=s3_env(weed)
+        )
+        cache.bucket = bucket
+        return cache
+
+    return start
+
+
+def in_s3_only(start_s3_cache, weed: SeaweedS3, upstream: Upstream, *args: str) -> Regcache:
+    """A replica whose registry is unreachable, after another put the big layer in the bucket."""
+    digest, data = big_layer(upstream)
+    first = start_s3_cache()
+    assert first.blob(upstream.ns, BIG_REPO, digest).body == data
+    uploads_done(first, weed, first.bucket, [digest])
+    return start_s3_cache(*args, upstream_arg=dead_upstream(upstream))
+
+
+@pytest.mark.parametrize("read", [None, 64 * 1024], ids=["whole-chunks", "all-hang-up-early"])
+def test_chunk_readers_of_a_blob_only_in_s3_share_one_copy_that_is_stored_locally(start_s3_cache, weed, upstream, read):
+    digest, data = big_layer(upstream)
+    second = in_s3_only(start_s3_cache, weed, upstream)
+    chunks = parallel_fetch(blob_url(second, upstream.ns, BIG_REPO, digest), len(data), read=read)
+    assert_chunks(chunks, data, read=read)
+    assert stored_blob(second.cache_dir, digest, timeout=30) == data
+    copies = [line for line in second.log().splitlines() if f"fill blobs/sha256/{digest[7:9]}/" in line]
+    assert len(copies) == 1 and " from s3: " in copies[0], copies
+    head = second.blob(upstream.ns, BIG_REPO, digest, method="HEAD", Range="bytes=7-")
+    assert (head.status, head.header("Content-Range")) == (206, f"bytes 7-{len(data) - 1}/{len(data)}")
+
+
+def test_chunk_readers_of_a_cold_blob_in_s3_mode_make_one_download(start_s3_cache, weed, upstream, stopped):
+    digest, data = big_layer(upstream)
+    cache = start_s3_cache()
+    before = upstream.registry.blob_get_count(digest)
+    assert_chunks(parallel_fetch(blob_url(cache, upstream.ns, BIG_REPO, digest), len(data)), data)
+    assert upstream.registry.blob_get_count(digest) == before + 1
+    uploads_done(cache, weed, cache.bucket, [digest])
+    stopped()
+    assert_chunks(parallel_fetch(blob_url(cache, upstream.ns, BIG_REPO, digest), len(data)), data)
+
+
+def test_chunk_readers_follow_the_presigned_redirect_with_their_range(start_s3_cache, weed, upstream):
+    digest, data = big_layer(upstream)
+    second = in_s3_only(start_s3_cache, weed, upstream, "--s3-redirect")
+    first = read_chunk(blob_url(second, upstream.ns, BIG_REPO, digest), 0, 0)
+    assert first.status == 307, "the cache redirects every chunk reader to S3"
+    # S3 answers each chunk's Range itself: 206 and the chunk's bytes.
+    chunks = parallel_fetch(blob_url(second, upstream.ns, BIG_REPO, digest), len(data), follow=True)
+    assert_chunks(chunks, data)
+    assert not blob_path(second.cache_dir, digest).exists(), "the bytes went from S3 to the clients"
