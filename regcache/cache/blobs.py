@@ -16,10 +16,11 @@ from regcache import metrics
 from regcache.cache.access import AccessCheck
 from regcache.cache.context import ClientContext
 from regcache.cache.fill import Fill, FillMap
-from regcache.cache.origins import FallbackOrigin, Origin, S3Origin, StreamSource, UpstreamOrigin
+from regcache.cache.origins import FallbackOrigin, Origin, S3Origin, UpstreamOrigin
+from regcache.cache.passthrough import Unsatisfied, open_uncached
 from regcache.cache.policy import Policy
+from regcache.cache.ranges import RangeSpec
 from regcache.cache.spool import Spool, SpoolReader
-from regcache.cache.verifying import VerifyingSource
 from regcache.errors import RegcacheError, StorageError
 from regcache.oci.digest import Digest
 from regcache.oci.reference import BlobRef
@@ -36,14 +37,14 @@ REDIRECT_EXPIRY = 600
 
 @dataclass
 class Body:
-    """An object to send: its bytes (None for a HEAD) and how the request counts."""
+    """An object to send: its bytes (None for a HEAD) and how the request counts. Its source
+    can deliver any range of it that the client asked (the web layer answers 206 or 416)."""
 
     digest: Digest
     size: int | None
     source: ByteSource | None
     result: str  # containerd_cache_total: hit, miss or skip
     served_from: str  # regcache_served_bytes: disk, upstream or s3
-    ranges: bool = True  # False: the bytes can only be sent whole (a pass-through)
 
     async def aclose(self) -> None:
         if self.source is not None:
@@ -90,10 +91,10 @@ class BlobService:
         self._policy = policy or Policy()
 
     async def head(self, ref: BlobRef, client: ClientContext) -> Body | UpstreamAnswer:
-        """What a HEAD is told; never starts a download."""
-        if self._policy.repo_is_skipped(ref.registry, ref.repo):
-            return UpstreamAnswer(await self._upstream.fetch(_request(ref, client, "HEAD")))
-        key, refused = await self._authorize(ref, client)
+        """What a HEAD is told; never starts a download. The registry's 2xx with a length is
+        told as the cache tells what it holds, so a Range on a HEAD is answered alike."""
+        skipped = self._policy.repo_is_skipped(ref.registry, ref.repo)  # --skip-repos: ask the registry
+        key, refused = (None, None) if skipped else await self._authorize(ref, client)
         if refused is not None:
             return refused
         if key is not None:
@@ -105,12 +106,18 @@ class BlobService:
             shared = await self._store.stat_shared(key)
             if shared is not None:
                 return Body(ref.digest, shared.size, None, "hit", "s3")
-        return UpstreamAnswer(await self._upstream.fetch(_request(ref, client, "HEAD")))
+        answer = await self._upstream.fetch(_request(ref, client, "HEAD"))
+        length = answer.headers.get("Content-Length", "")
+        if 200 <= answer.status < 300 and length.isdigit():
+            return Body(ref.digest, int(length), None, "skip", "upstream")
+        return UpstreamAnswer(answer)
 
-    async def get(self, ref: BlobRef, client: ClientContext) -> BlobAnswer:
+    async def get(self, ref: BlobRef, client: ClientContext, wanted: RangeSpec | None = None) -> BlobAnswer:
+        """`wanted`: the range the client asked; only a pass-through needs it before the answer
+        (stored and in-flight sources serve any range)."""
         if self._policy.repo_is_skipped(ref.registry, ref.repo):
             # --skip-repos: the registry decides what this client may read, and nothing stays.
-            return await self._streamed(ref, client)
+            return await self._streamed(ref, client, wanted)
         key, refused = await self._authorize(ref, client)
         if refused is not None:
             return refused
@@ -138,7 +145,7 @@ class BlobService:
                     origin = FallbackOrigin(S3Origin(self._store, key), origin)
             return await self._start(key, ref, client, origin)
         except StorageError as exc:
-            return await self._uncached(ref, client, exc)
+            return await self._uncached(ref, client, exc, wanted)
 
     async def _authorize(self, ref: BlobRef, client: ClientContext) -> tuple[str | None, UpstreamAnswer | None]:
         """The blob's store key (None: never stored, its digest cannot be checked), or the
@@ -199,20 +206,24 @@ class BlobService:
         await reader.aclose()
         return UpstreamAnswer(head.passed) if mine else None
 
-    async def _uncached(self, ref: BlobRef, client: ClientContext, cause: StorageError) -> BlobAnswer:
+    async def _uncached(
+        self, ref: BlobRef, client: ClientContext, cause: StorageError, wanted: RangeSpec | None
+    ) -> BlobAnswer:
         """The cache cannot take it (a full disk, an unwritable dir): the pull goes on uncached,
-        still verified on the way."""
+        verified on the way when it is read whole (cache/passthrough.py)."""
         metrics.STORAGE_PASSTHROUGH.inc()
         self._health.failed(str(cause))
-        return await self._streamed(ref, client)
+        return await self._streamed(ref, client, wanted)
 
-    async def _streamed(self, ref: BlobRef, client: ClientContext) -> BlobAnswer:
-        """The registry's answer streamed through, verified on the way and never stored."""
-        answer = await self._upstream.open(_request(ref, client, "GET"))
-        if isinstance(answer, UpstreamResponse):
-            return UpstreamAnswer(answer)
-        source = VerifyingSource(StreamSource(answer, 0, answer.size), ref.digest, ref.registry)
-        return Body(ref.digest, answer.size, source, "skip", "upstream", ranges=False)
+    async def _streamed(self, ref: BlobRef, client: ClientContext, wanted: RangeSpec | None) -> BlobAnswer:
+        """The registry's answer streamed through and never stored; verified on the way when it
+        is read whole (cache/passthrough.py)."""
+        source = await open_uncached(self._upstream, _request(ref, client, "GET"), ref.digest, wanted)
+        if isinstance(source, UpstreamResponse):
+            return UpstreamAnswer(source)
+        if isinstance(source, Unsatisfied):
+            return Body(ref.digest, source.size, None, "skip", "upstream")  # the web layer's 416
+        return Body(ref.digest, source.size, source, "skip", "upstream")
 
 
 def _identity(ref: BlobRef, client: ClientContext) -> tuple[str, str, str]:

@@ -20,7 +20,7 @@ from tornado.httputil import HTTPHeaders
 
 from regcache import metrics
 from regcache.config import Settings
-from regcache.errors import Offline, RegcacheError
+from regcache.errors import Offline, RegcacheError, UpstreamError
 from regcache.upstream.auth import Authenticator, TokenAnswer, TokenRequest
 from regcache.upstream.guard import AddressGuard
 from regcache.upstream.proxy import combined_ca_bundle, origin_of, proxy_for
@@ -123,7 +123,12 @@ class UpstreamClient:
         answer = await self._final(request)
         if isinstance(answer, UpstreamResponse) or 200 <= answer.status < 300:
             return answer
-        body, truncated = await answer.read(request.buffered_limit)
+        try:
+            body, truncated = await answer.read(request.buffered_limit)
+        except UpstreamError:
+            # The status is the answer, not its body: distribution answers a Range past the end
+            # with a 416 announcing the whole blob's length and sending one line.
+            body, truncated = b"", True
         return UpstreamResponse(answer.status, answer.headers, body, truncated)
 
     async def _final(self, request: UpstreamRequest) -> Exchange | UpstreamResponse:

@@ -16,13 +16,13 @@ from regcache import metrics
 from regcache.cache.blobs import Body, Redirect, UpstreamAnswer
 from regcache.cache.context import ClientContext
 from regcache.cache.manifests import Manifest, upstream_unavailable
+from regcache.cache.ranges import ByteRange, RangeSpec, Unsatisfiable, honoured_range
 from regcache.errors import RegcacheError
 from regcache.oci import mediatypes
 from regcache.oci.digest import Digest
 from regcache.oci.reference import parse_blob_ref, parse_manifest_ref
 from regcache.upstream.client import UpstreamResponse
 from regcache.web.errors import error_body, error_for
-from regcache.web.ranges import ByteRange, Unsatisfiable, parse_range
 from regcache.web.routing import Route, route
 from regcache.web.services import Services
 from regcache.web.streaming import BodyWriter
@@ -224,7 +224,9 @@ class BlobHandler(BaseHandler):
     async def get(self, name: str, digest: str) -> None:
         origin = self.routed(name)
         ref = parse_blob_ref(origin.registry, origin.repo, digest)
-        await self._send(await self.services.blobs.get(ref, self.client_context()), ref.digest)
+        await self._send(
+            await self.services.blobs.get(ref, self.client_context(), self._wanted(ref.digest)), ref.digest
+        )
 
     async def head(self, name: str, digest: str) -> None:
         origin = self.routed(name)
@@ -253,19 +255,21 @@ class BlobHandler(BaseHandler):
                     response.headers.setdefault("Accept-Ranges", "bytes")
                 self.pass_through(response, include_body=self.request.method != "HEAD")
 
+    def _wanted(self, digest: Digest) -> RangeSpec | None:
+        headers = self.request.headers
+        return honoured_range(headers.get("Range"), headers.get("If-Range"), f'"{digest}"')
+
     async def _send_body(self, body: Body) -> None:
+        """Every source answers a range alike (stored, in flight, S3, a pass-through, a HEAD):
+        containerd 2.1+ fetches a layer in parallel only when `bytes=0-` gets a 206."""
         self.count(body.result)
         self._blob_headers(body.digest)
         start, end = 0, body.size
         if body.size is not None:
-            if body.ranges:
-                byte_range = self._select_range(body.size)
-                if byte_range is None:
-                    return  # 416 sent
-                start, end = byte_range.start, byte_range.end
-            else:
-                # Sent whole (RFC 9110 allows ignoring a Range): a pass-through reads it once.
-                self.set_header("Content-Length", str(body.size))
+            byte_range = self._select_range(self._wanted(body.digest), body.size)
+            if byte_range is None:
+                return  # 416 sent
+            start, end = byte_range.start, byte_range.end
         if body.source is None or self.request.method == "HEAD" or start == end:
             return
         await self.send_source(body.source, start, end, body.served_from)
@@ -273,11 +277,11 @@ class BlobHandler(BaseHandler):
     def _blob_headers(self, digest: Digest) -> None:
         self.set_header("Content-Type", mediatypes.OCTET_STREAM)
         self.set_header("Docker-Content-Digest", str(digest))
+        self.set_header("Etag", f'"{digest}"')  # what an If-Range names
         self.set_header("Accept-Ranges", "bytes")
 
-    def _select_range(self, size: int) -> ByteRange | None:
+    def _select_range(self, spec: RangeSpec | None, size: int) -> ByteRange | None:
         """Status and length headers for the requested range; None after a 416 was sent."""
-        spec = parse_range(self.request.headers.get("Range"))
         if spec is None:
             self.set_header("Content-Length", str(size))
             return ByteRange(0, size)

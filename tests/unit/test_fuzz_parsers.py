@@ -11,6 +11,7 @@ import os.path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from regcache.cache.ranges import ByteRange, RangeSpec, Unsatisfiable, parse_range
 from regcache.config import Credentials, CredentialStore, Settings
 from regcache.errors import BadRequest
 from regcache.oci import mediatypes
@@ -18,7 +19,6 @@ from regcache.oci.reference import parse_blob_ref, parse_manifest_ref, parse_reg
 from regcache.storage.base import blob_key, manifest_key, manifest_meta_key, private_blob_key, tag_key
 from regcache.upstream.auth import Authenticator, TokenAnswer, parse_www_authenticate
 from regcache.upstream.guard import AddressGuard
-from regcache.web.ranges import ByteRange, RangeSpec, Unsatisfiable, parse_range
 
 ROOT = "/var/cache/regcache"
 # Names as they reach the parsers after URL decoding: anything, with path-ish characters often.

@@ -1,7 +1,9 @@
-"""Range header parsing (pure). One byte range is honoured; anything else serves the whole body.
+"""What part of a blob a client asked for (pure): one byte range is honoured; anything else
+(several ranges, a malformed header, an `If-Range` that does not name the blob) serves the whole
+body, as RFC 9110 lets a server ignore a Range it does not support.
 
-RFC 9110 lets a server ignore a Range it does not support, and clients such as containerd only
-send a single `bytes=<offset>-` when they resume.
+containerd sends one `bytes=<offset>-` when it resumes, and 2.1+ one per chunk when it fetches a
+layer in parallel (chunk 0 asks `bytes=0-`): every answer to those must be a 206 naming its range.
 """
 
 from __future__ import annotations
@@ -38,6 +40,17 @@ class RangeSpec:
     first: int | None
     last: int | None
 
+    @property
+    def from_start(self) -> bool:
+        """`bytes=0-`: the whole object, asked as a range (chunk 0 of a parallel download)."""
+        return self.first == 0 and self.last is None
+
+    def header(self) -> str:
+        """The Range header asking for the same bytes (of an upstream)."""
+        first = "" if self.first is None else str(self.first)
+        last = "" if self.last is None else str(self.last)
+        return f"bytes={first}-{last}"
+
     def resolve(self, size: int) -> ByteRange:
         if self.first is None:
             # Suffix range: the last n bytes.
@@ -66,3 +79,12 @@ def parse_range(header: str | None) -> RangeSpec | None:
     if first is not None and last is not None and last < first:
         return None
     return RangeSpec(first, last)
+
+
+def honoured_range(range_header: str | None, if_range: str | None, etag: str) -> RangeSpec | None:
+    """The range to serve, or None for the whole body. An `If-Range` honours the Range only
+    when it names this object's entity tag (strong comparison, RFC 9110 13.1.5); a date never
+    matches, since a blob's answer carries no Last-Modified."""
+    if if_range is not None and if_range.strip() != etag:
+        return None
+    return parse_range(range_header)
