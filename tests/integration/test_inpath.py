@@ -186,6 +186,12 @@ def test_skip_repos_streams_and_never_stores(make_regcache, upstream):
     assert not cache.staging_files()
     assert cache.cache_count("skip") == 2 * (2 + len(app.blob_digests))
     assert cache.cache_count("hit") == cache.cache_count("miss") == 0
+    # containerd 2.1's parallel chunks: an open-ended range gets its 206 from the registry's bytes.
+    layer = app.blob_digests[-1]
+    chunk = by_path(cache, f"{ORIGIN}/{REPO}/blobs/{layer}", Range="bytes=7-")
+    assert chunk.status == 206 and chunk.body == app.blob(layer)[7:]
+    assert chunk.header("Content-Range") == f"bytes 7-{len(app.blob(layer)) - 1}/{len(app.blob(layer))}"
+    assert not cache.stored_files("blobs")
     # The same repository under the registry's other name does not match: stored as usual.
     assert cache.blob(upstream.ns, REPO, app.config_digest).status == 200
     assert stored_blob(cache.cache_dir, app.config_digest) == app.config_bytes
