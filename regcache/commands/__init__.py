@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import importlib
 
-COMMANDS: dict[str, str] = {}
+COMMANDS: dict[str, str] = {
+    "node-config": "node_config",
+}
 
 
 def run(name: str, argv: list[str]) -> int:
