@@ -243,3 +243,17 @@ def test_unwritable_hosts_dir_is_named(tmp_path):
     done = node_config("--hosts-dir", hosts, "--mirror", "http://127.0.0.1:30000", prefix=prefix)
     assert done.returncode == 2, done.stdout + done.stderr
     assert len(done.stderr.splitlines()) == 1 and f"--hosts-dir {hosts}: not writable" in done.stderr
+
+
+def test_an_unreadable_record_is_named_and_nothing_is_changed(tmp_path):
+    hosts = tmp_path / "certs.d"
+    (hosts / "_default").mkdir(parents=True)
+    (hosts / "_default" / "hosts.toml").write_text("# the operator's\n")
+    assert node_config("--hosts-dir", hosts, "--mirror", "http://127.0.0.1:30000").returncode == 0
+    (hosts / STATE_DIR / "state.json").write_text("{not json")
+    before = tree(hosts)
+    for args in (["--restore"], ["--mirror", "http://127.0.0.1:30001"]):
+        done = node_config("--hosts-dir", hosts, *args)
+        assert done.returncode == 2 and len(done.stderr.splitlines()) == 1, done.stderr
+        assert f"{hosts / STATE_DIR / 'state.json'}: not a record regcache can read" in done.stderr
+        assert tree(hosts) == before
