@@ -468,6 +468,6 @@ def test_readme_quick_start_commands() -> None:
     quick_start = quick_start[: quick_start.index("\n## ", 1)]
     blocks = re.findall(r"```\w*\n(.*?)```", quick_start, re.DOTALL)
     assert [b.strip() for b in blocks] == [
-        "pip install . && python -m regcache -c conf/regcache.yaml",
+        "./scripts/run.sh",  # run by tests/test_quickstart.py as a new user would
         "./scripts/test.sh",
     ]
