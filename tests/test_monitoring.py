@@ -3,12 +3,12 @@
 - `promtool check rules` on the rules and `promtool test rules` on their unit tests
   (regcache-rules.test.yaml), where every alert is shown firing.
 - Every PromQL expression of the dashboard is valid PromQL (promtool checks it as a rule).
-- Every metric name the dashboard and the rules use is one a running regcache exports: a real
-  regcache is pulled from (hits, misses, evictions, a digest mismatch, a 429, a stale tag, an
-  unreachable registry) and its /metrics is read. Most names then have samples; those that need
-  an S3 tier or a broken download (regcache_tier_errors_total, regcache_s3_uploads_total,
-  regcache_fill_resumes_total) are checked against the HELP/TYPE lines regcache exports for
-  every metric it declares (regcache/metrics.py). `up` is Prometheus's own, not regcache's.
+- Every metric name the dashboard and the rules use is one a running regcache exports, with a
+  sample: two real regcache processes are pulled from (hits, misses, evictions, a digest
+  mismatch, a 429, a stale tag, an unreachable registry, a download that breaks off and resumes;
+  and one in S3 mode whose bucket cannot be reached) and their /metrics are read. Every label a
+  query selects or groups by is one those series carry (or a label Prometheus adds to every
+  target). `up` is Prometheus's own, not regcache's.
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.fakes import FakeHandler, digest_of, serve
-from tests.support import read_blob, request
+from tests.fakes import FakeHandler, digest_of, serve, serve_ranges
+from tests.peers.seaweed import SeaweedS3
+from tests.support import read_blob, request, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 MONITORING = ROOT / "conf" / "monitoring"
@@ -34,8 +35,8 @@ RULES = MONITORING / "regcache-rules.yaml"
 RULE_TESTS = MONITORING / "regcache-rules.test.yaml"
 DASHBOARD = MONITORING / "regcache-dashboard.json"
 PROMETHEUS_OWN = {"up"}
-# Used, exported, but with no sample unless S3 or a broken download is part of the test.
-DECLARED_ONLY = {"regcache_tier_errors_total", "regcache_s3_uploads_total", "regcache_fill_resumes_total"}
+# Labels Prometheus (and the Prometheus Operator) put on every series of a target.
+TARGET_LABELS = {"job", "instance", "namespace", "pod", "service", "container", "endpoint"}
 # What the issue asks the alerts to cover.
 ALERTS = {
     "RegcacheDown",
@@ -220,17 +221,28 @@ def test_dashboard_shows_what_the_issue_asks_for() -> None:
 # --- every name is one regcache exports ---------------------------------------------------------------
 
 
-def exported(metrics_text: str) -> tuple[set[str], set[str]]:
-    """(every name /metrics declares, the names that have samples)."""
-    declared, sampled = set(), set()
+def series_labels(metrics_text: str) -> dict[str, set[str]]:
+    """Every sampled series name on /metrics and the label names its samples carry."""
+    found: dict[str, set[str]] = {}
     for family in text_string_to_metric_families(metrics_text):
-        declared.add(family.name)
-        if family.type == "counter":
-            declared.add(family.name + "_total")
-        if family.type == "histogram":
-            declared |= {family.name + suffix for suffix in ("_bucket", "_count", "_sum")}
-        sampled |= {sample.name for sample in family.samples}
-    return declared, sampled
+        for sample in family.samples:
+            found.setdefault(sample.name, set()).update(sample.labels)
+    return found
+
+
+def labels_used(expr: str) -> list[tuple[str, set[str]]]:
+    """(label, the metric names it may come from) for every label an expression selects on, groups
+    by or matches on: a selector's labels belong to its metric, a grouping's to any in the query."""
+    expr = as_promql(expr)
+    names = metric_names(expr)
+    used = []
+    for name, matchers in re.findall(r"([a-zA-Z_:][\w:]*)\s*\{([^}]*)\}", expr):
+        for label in re.findall(r"(\w+)\s*(?:=~|!~|!=|=)", re.sub(r'"(?:[^"\\]|\\.)*"', '""', matchers)):
+            used.append((label, {name}))
+    for clause in re.findall(r"\b(?:by|without|on|ignoring)\s*\(([^)]*)\)", expr):
+        for label in re.findall(r"\w+", clause):
+            used.append((label, names))
+    return used
 
 
 def error(status: int):
@@ -240,11 +252,9 @@ def error(status: int):
     return behaviour
 
 
-def test_every_metric_the_dashboard_and_rules_use_is_exported_by_regcache(make_regcache, fake) -> None:
-    used = used_metric_names()
-    assert {"containerd_cache_total", "regcache_upstream_response_seconds_bucket", "up"} <= used
-    assert len(used) >= 15, used
-
+def pull_everything_the_dashboard_shows(make_regcache, fake) -> str:
+    """A disk-mode regcache through hits, misses, an eviction, a stale tag, a digest mismatch, a
+    429, an unreachable registry and a resumed download; its /metrics afterwards."""
     ttl = 1.0
     cache = make_regcache(
         *fake.upstream_arg(),
@@ -264,6 +274,8 @@ def test_every_metric_the_dashboard_and_rules_use_is_exported_by_regcache(make_r
         fake.routes[f"/v2/mon/app/blobs/{digest_of(blob)}"] = serve(blob)
     real, lie = os.urandom(1 << 20), os.urandom(1 << 20)
     fake.routes[f"/v2/mon/app/blobs/{digest_of(real)}"] = serve(lie)
+    broken = os.urandom(1 << 20)
+    fake.routes[f"/v2/mon/app/blobs/{digest_of(broken)}"] = serve_ranges(broken, [300_000])
     fake.routes["/v2/mon/app/manifests/limited"] = error(429)
 
     assert cache.manifest(fake.ns, "mon/app", "1.0").status == 200  # miss
@@ -275,20 +287,62 @@ def test_every_metric_the_dashboard_and_rules_use_is_exported_by_regcache(make_r
         assert cache.blob(fake.ns, "mon/app", digest_of(blob)).body == blob
     _, _, complete = read_blob(cache, fake.ns, "mon/app", digest_of(real))
     assert not complete, "bytes that are not the digest: cut off before the end"
+    assert cache.blob(fake.ns, "mon/app", digest_of(broken)).body == broken  # resumed with a Range
     assert cache.manifest(fake.ns, "mon/app", "limited").status == 503  # the registry said 429
     assert cache.manifest("unreachable.test", "mon/app", "1.0").status in (502, 503)
 
-    declared, sampled = exported(request(f"{cache.url}/metrics").body.decode())
-    assert used - PROMETHEUS_OWN <= declared, f"not exported by regcache: {used - PROMETHEUS_OWN - declared}"
-    unsampled = used - PROMETHEUS_OWN - sampled
-    assert unsampled <= DECLARED_ONLY, f"exported but never seen with a value: {unsampled - DECLARED_ONLY}"
-    for name in (
-        "regcache_stale_served_total",
-        "regcache_verification_failures_total",
-        "regcache_local_evictions_total",
-    ):
-        assert name in sampled, name
     metrics = cache.metrics()
     assert metrics[f'regcache_upstream_requests_total{{registry="{fake.ns}",status="429"}}'] >= 1
     assert metrics['regcache_upstream_requests_total{registry="unreachable.test",status="error"}'] >= 1
     assert metrics["regcache_local_evictions_total"] >= 1
+    assert metrics[f'regcache_fill_resumes_total{{registry="{fake.ns}"}}'] == 1
+    return request(f"{cache.url}/metrics").body.decode()
+
+
+def pull_while_the_bucket_is_down(make_regcache, fake, scratch: Path) -> str:
+    """An S3-mode regcache (SeaweedFS): one blob uploaded, then S3 goes away and the next blob's
+    lookup and upload fail while pulls go on; its /metrics then."""
+    blobs = [os.urandom(256 << 10), os.urandom(256 << 10)]
+    for blob in blobs:
+        fake.routes[f"/v2/mon/s3/blobs/{digest_of(blob)}"] = serve(blob)
+    with SeaweedS3(scratch / "weed") as s3:
+        env = {
+            "AWS_ACCESS_KEY_ID": s3.access_key,
+            "AWS_SECRET_ACCESS_KEY": s3.secret_key,
+            "AWS_REGION": s3.region,
+            "AWS_ENDPOINT_URL_S3": s3.endpoint,
+        }
+        cache = make_regcache(*fake.upstream_arg(), "--bucket", s3.bucket("regcache-monitoring"), env=env)
+        assert cache.blob(fake.ns, "mon/s3", digest_of(blobs[0])).body == blobs[0]
+        assert wait_until(lambda: cache.metrics().get('regcache_s3_uploads_total{result="uploaded"}', 0) >= 1, 30)
+    assert cache.blob(fake.ns, "mon/s3", digest_of(blobs[1])).body == blobs[1]
+    assert wait_until(lambda: cache.metrics()["regcache_s3_uploads_pending"] >= 1, 30), cache.log()
+    metrics = cache.metrics()
+    assert sum(v for k, v in metrics.items() if k.startswith("regcache_tier_errors_total{") and 'tier="s3"' in k)
+    return request(f"{cache.url}/metrics").body.decode()
+
+
+def test_every_metric_and_label_the_dashboard_and_rules_use_is_exported_by_regcache(
+    make_regcache, fake, scratch
+) -> None:
+    used = used_metric_names()
+    assert {"containerd_cache_total", "regcache_upstream_response_seconds_bucket", "up"} <= used
+    assert len(used) >= 15, used
+
+    series: dict[str, set[str]] = {}
+    for text in (
+        pull_everything_the_dashboard_shows(make_regcache, fake),
+        pull_while_the_bucket_is_down(make_regcache, fake, scratch),
+    ):
+        for name, labels in series_labels(text).items():
+            series.setdefault(name, set()).update(labels)
+    missing = used - PROMETHEUS_OWN - set(series)
+    assert not missing, f"used by the dashboard or the rules, never exported with a sample by regcache: {missing}"
+
+    exprs = [rule["expr"] for rule in rules()] + dashboard_exprs()
+    for expr in exprs:
+        for label, names in labels_used(expr):
+            carried = set().union(*(series.get(n, set()) for n in names - PROMETHEUS_OWN)) | TARGET_LABELS
+            assert label in carried or label == "le" or names <= PROMETHEUS_OWN, (
+                f"{label!r} is on no series of {sorted(names)} (query: {expr})"
+            )
