@@ -10,8 +10,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
-from collections.abc import Collection
+from collections.abc import Collection, MutableMapping
 from pathlib import Path
 
 import configargparse
@@ -82,8 +83,20 @@ def configure_logging(level: str) -> None:
         logging.getLogger(name).setLevel(max(logging.INFO, getattr(logging, level.upper())))
 
 
+def drop_service_link_port(environ: MutableMapping[str, str]) -> str | None:
+    """Kubernetes gives every pod in a namespace with a Service named `regcache` the variable
+    REGCACHE_PORT=tcp://<ip>:<port> (a "service link"), which is not --port: dropped, so the
+    config file's port holds instead of a start-up failure. Returns the value dropped."""
+    value = environ.get("REGCACHE_PORT", "")
+    if value.startswith("tcp://"):
+        del environ["REGCACHE_PORT"]
+        return value
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    service_link = drop_service_link_port(os.environ)
     if argv and argv[0] in COMMANDS:
         return run(argv[0], argv[1:])
     parser = build_parser()
@@ -96,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         parser.exit(2, f"regcache: error: --cache-dir {args.cache_dir}: {exc.strerror}\n")
     configure_logging(settings.log_level)
+    if service_link is not None:
+        log.info("ignoring REGCACHE_PORT=%s: a Kubernetes service link, not a port", service_link)
     warning = creds_file_warning(Path(args.creds_file)) if args.creds_file else None
     if warning:
         log.warning("%s", warning)

@@ -51,6 +51,7 @@ RAW_MANIFESTS = {
     "deployment-s3.yaml": ("s3-values.yaml", "Deployment", "regcache"),
     "serviceaccount-s3.yaml": ("s3-values.yaml", "ServiceAccount", "regcache"),
     "ingress.yaml": ("monitoring-node-config-values.yaml", "Ingress", "regcache"),
+    "prefetch-cronjob.yaml": ("prefetch-values.yaml", "CronJob", "regcache-prefetch"),
 }
 
 

@@ -93,6 +93,26 @@ def test_rendered_objects_match_the_kubernetes_schemas(helm: str, values: str | 
     assert unchecked <= OPERATOR_KINDS
 
 
+def pod_specs(objects: list[dict]) -> list[tuple[str, dict]]:
+    found = []
+    for obj in objects:
+        spec = obj.get("spec", {})
+        spec = spec.get("jobTemplate", {}).get("spec", spec)  # a CronJob's pods
+        if "template" in spec:
+            found.append((f"{obj['kind']} {obj['metadata']['name']}", spec["template"]["spec"]))
+    return found
+
+
+@pytest.mark.parametrize("values", VALUES, ids=lambda v: v or "defaults")
+def test_no_pod_gets_service_links(helm: str, values: str | None) -> None:
+    """A Service named regcache would give its namespace's pods REGCACHE_PORT=tcp://<ip>:<port>,
+    a variable regcache reads as --port."""
+    specs = pod_specs(render(helm, values))
+    assert specs
+    for name, spec in specs:
+        assert spec.get("enableServiceLinks") is False, f"{name} gets service links"
+
+
 def test_values_the_chart_sets_itself_are_refused_in_config(helm: str) -> None:
     done = run_helm(helm, "template", "regcache", str(CHART), "--set", "config.bucket=my-bucket")
     assert done.returncode != 0 and "config.bucket: set by the chart (s3.bucket)" in done.stderr

@@ -23,6 +23,7 @@ import sys
 import time
 import tomllib
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -434,7 +435,9 @@ def test_k8s_prefetch_cronjob_runs_prefetch_through_the_service() -> None:
     assert command == "prefetch"
     args = prefetch_parser().parse_args(argv)
     service = k8s("service.yaml")
-    assert cache_url(args.via, args.host, args.port) == f"http://{service['metadata']['name']}:3000"
+    via = urllib.parse.urlsplit(cache_url(args.via, args.host, args.port))
+    # The Service by name (short, or qualified by its namespace: <name>.<namespace>.svc).
+    assert (via.hostname or "").split(".")[0] == service["metadata"]["name"] and via.port == 3000
     assert parse_platforms(args.platform) and read_references(args.images, args.file)
 
 

@@ -280,3 +280,25 @@ def test_a_tag_whose_manifest_was_removed_from_outside_is_fetched_again(make_reg
     again = cache.manifest(fake.ns, REPO, "1.0")
     assert again.status == 200 and again.body == manifest
     assert fake.count(f"/v2/{REPO}/manifests/1.0") == 2
+
+
+def test_a_kubernetes_service_link_in_regcache_port_does_not_stop_it_starting(tmp_path):
+    """A Service named `regcache` makes Kubernetes set REGCACHE_PORT=tcp://<ip>:<port> in every
+    pod of its namespace; the config file's port must hold (the chart also turns links off)."""
+    from tests.peers.binaries import ManagedProcess
+    from tests.peers.net import free_port, wait_for_http
+    from tests.support import ROOT
+
+    port = free_port()
+    config = tmp_path / "regcache.yaml"
+    config.write_text(f"host: 127.0.0.1\nport: {port}\ncache-dir: {tmp_path / 'cache'}\n")
+    env = clean_env(REGCACHE_PORT="tcp://10.96.0.12:3000", REGCACHE_SERVICE_HOST="10.96.0.12")
+    proc = ManagedProcess(
+        [sys.executable, "-m", "regcache", "-c", str(config)], log=tmp_path / "log", env=env, cwd=ROOT
+    )
+    proc.start()
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/healthz", timeout=20, alive=proc.alive)
+        assert wait_until(lambda: "ignoring REGCACHE_PORT=tcp://10.96.0.12:3000" in (tmp_path / "log").read_text())
+    finally:
+        proc.stop()
