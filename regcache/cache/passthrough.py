@@ -36,21 +36,22 @@ async def open_uncached(
 ) -> ByteSource | Unsatisfied | UpstreamResponse:
     """The blob's bytes from the registry for the range the client asked (None: all of it), or
     the registry's non-2xx answer to pass on."""
-    partial = wanted is not None and not wanted.from_start
-    if partial:
-        assert wanted is not None
-        request = replace(request, headers={**request.headers, "Range": wanted.header()})
+    if wanted is None or wanted.from_start:
+        whole = await upstream.open(request)
+        if isinstance(whole, UpstreamResponse):
+            return whole
+        return VerifyingSource(StreamSource(whole, 0, whole.size), digest, request.registry)
+    return await _open_part(upstream, replace(request, headers={**request.headers, "Range": wanted.header()}), wanted)
+
+
+async def _open_part(
+    upstream: UpstreamClient, request: UpstreamRequest, wanted: RangeSpec
+) -> ByteSource | Unsatisfied | UpstreamResponse:
     answer = await upstream.open(request)
     if isinstance(answer, UpstreamResponse):
-        if partial and answer.status == 416:
-            assert wanted is not None
-            return _unsatisfiable(answer, wanted)
-        return answer
-    if not partial:
-        return VerifyingSource(StreamSource(answer, 0, answer.size), digest, request.registry)
+        return _unsatisfiable(answer, wanted) if answer.status == 416 else answer
     if answer.status != 206:
         return StreamSource(answer, 0, answer.size)  # the registry ignored the Range: skip to it
-    assert wanted is not None
     start, size = await _checked_part(answer, wanted, request.registry)
     return StreamSource(answer, start, size)
 

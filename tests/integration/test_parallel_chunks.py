@@ -247,7 +247,10 @@ def ranges_honoured_once(data: bytes, honour: bool, content_range: str | None = 
             h.send_header("Content-Range", content_range or f"bytes {start}-{len(data) - 1}/{len(data)}")
         h.send_header("Content-Length", str(len(data) - start))
         h.end_headers()
-        h.wfile.write(data[start:])
+        try:
+            h.wfile.write(data[start:])
+        except (BrokenPipeError, ConnectionResetError):
+            h.close_connection = True  # the cache stopped reading: its chunk reader hung up
 
     return behaviour
 
@@ -321,32 +324,35 @@ def weed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
 
 
 @pytest.fixture
-def start_s3_cache(make_regcache, weed: SeaweedS3, upstream: Upstream) -> Callable[..., Regcache]:
-    bucket = weed.bucket(f"regcache-{uuid.uuid4().hex[:12]}")
+def bucket(weed: SeaweedS3) -> str:
+    return weed.bucket(f"regcache-{uuid.uuid4().hex[:12]}")
 
+
+@pytest.fixture
+def start_s3_cache(make_regcache, weed: SeaweedS3, bucket: str, upstream: Upstream) -> Callable[..., Regcache]:
     def start(*args: str, upstream_arg: list[str] | None = None) -> Regcache:
-        cache = make_regcache(
+        return make_regcache(
             "-b", bucket, *(upstream.upstream_arg() if upstream_arg is None else upstream_arg), *args, env=s3_env(weed)
         )
-        cache.bucket = bucket
-        return cache
 
     return start
 
 
-def in_s3_only(start_s3_cache, weed: SeaweedS3, upstream: Upstream, *args: str) -> Regcache:
+def in_s3_only(start_s3_cache, weed: SeaweedS3, bucket: str, upstream: Upstream, *args: str) -> Regcache:
     """A replica whose registry is unreachable, after another put the big layer in the bucket."""
     digest, data = big_layer(upstream)
     first = start_s3_cache()
     assert first.blob(upstream.ns, BIG_REPO, digest).body == data
-    uploads_done(first, weed, first.bucket, [digest])
+    uploads_done(first, weed, bucket, [digest])
     return start_s3_cache(*args, upstream_arg=dead_upstream(upstream))
 
 
 @pytest.mark.parametrize("read", [None, 64 * 1024], ids=["whole-chunks", "all-hang-up-early"])
-def test_chunk_readers_of_a_blob_only_in_s3_share_one_copy_that_is_stored_locally(start_s3_cache, weed, upstream, read):
+def test_chunk_readers_of_a_blob_only_in_s3_share_one_copy_that_is_stored_locally(
+    start_s3_cache, weed, bucket, upstream, read
+):
     digest, data = big_layer(upstream)
-    second = in_s3_only(start_s3_cache, weed, upstream)
+    second = in_s3_only(start_s3_cache, weed, bucket, upstream)
     chunks = parallel_fetch(blob_url(second, upstream.ns, BIG_REPO, digest), len(data), read=read)
     assert_chunks(chunks, data, read=read)
     assert stored_blob(second.cache_dir, digest, timeout=30) == data
@@ -356,20 +362,20 @@ def test_chunk_readers_of_a_blob_only_in_s3_share_one_copy_that_is_stored_locall
     assert (head.status, head.header("Content-Range")) == (206, f"bytes 7-{len(data) - 1}/{len(data)}")
 
 
-def test_chunk_readers_of_a_cold_blob_in_s3_mode_make_one_download(start_s3_cache, weed, upstream, stopped):
+def test_chunk_readers_of_a_cold_blob_in_s3_mode_make_one_download(start_s3_cache, weed, bucket, upstream, stopped):
     digest, data = big_layer(upstream)
     cache = start_s3_cache()
     before = upstream.registry.blob_get_count(digest)
     assert_chunks(parallel_fetch(blob_url(cache, upstream.ns, BIG_REPO, digest), len(data)), data)
     assert upstream.registry.blob_get_count(digest) == before + 1
-    uploads_done(cache, weed, cache.bucket, [digest])
+    uploads_done(cache, weed, bucket, [digest])
     stopped()
     assert_chunks(parallel_fetch(blob_url(cache, upstream.ns, BIG_REPO, digest), len(data)), data)
 
 
-def test_chunk_readers_follow_the_presigned_redirect_with_their_range(start_s3_cache, weed, upstream):
+def test_chunk_readers_follow_the_presigned_redirect_with_their_range(start_s3_cache, weed, bucket, upstream):
     digest, data = big_layer(upstream)
-    second = in_s3_only(start_s3_cache, weed, upstream, "--s3-redirect")
+    second = in_s3_only(start_s3_cache, weed, bucket, upstream, "--s3-redirect")
     first = read_chunk(blob_url(second, upstream.ns, BIG_REPO, digest), 0, 0)
     assert first.status == 307, "the cache redirects every chunk reader to S3"
     # S3 answers each chunk's Range itself: 206 and the chunk's bytes.
