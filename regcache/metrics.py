@@ -6,6 +6,9 @@ everything else is under `regcache_`.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from prometheus_client import Counter, Gauge, Histogram
 
 # Registry names come from clients (`ns`): label at most this many, the rest as "other", so a
@@ -85,6 +88,11 @@ LOCAL_BYTES = Gauge(
     "regcache_local_bytes",
     "Bytes held by the local tier (tracked when --local-cache-size bounds it, as in S3 mode).",
 )
+CACHE_VOLUME_BYTES = Gauge(
+    "regcache_cache_volume_bytes",
+    "The volume holding --cache-dir: its size and the bytes still free for regcache (state), read at each scrape.",
+    ["state"],
+)
 EVICTIONS = Counter(
     "regcache_local_evictions",
     "Objects evicted from the local tier to keep it under --local-cache-size.",
@@ -137,3 +145,19 @@ OFFLINE_MISSES = Counter(
     "registry, by registry and kind (manifest, blob).",
     ["registry", "kind"],
 )
+
+
+def watch_cache_volume(root: Path) -> None:
+    """Size and free space of the cache volume, read by one statvfs when Prometheus scrapes: the
+    disk-nearly-full alert needs no poller, and a scrape sees the space as it is then."""
+
+    def read(state: str) -> float:
+        try:
+            stat = os.statvfs(root)
+        except OSError:
+            return float("nan")
+        blocks = stat.f_blocks if state == "size" else stat.f_bavail
+        return float(blocks * stat.f_frsize)
+
+    for state in ("size", "free"):
+        CACHE_VOLUME_BYTES.labels(state).set_function(lambda state=state: read(state))

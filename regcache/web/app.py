@@ -9,6 +9,7 @@ import signal
 from tornado.netutil import bind_sockets
 from tornado.web import Application
 
+from regcache import metrics
 from regcache.cache.blobs import BlobService
 from regcache.cache.fill import FillMap
 from regcache.cache.lists import ListService
@@ -97,6 +98,7 @@ def make_app(services: Services) -> Application:
 async def open_store(settings: Settings) -> TieredStore:
     """The local tier, and in S3 mode the checked bucket behind it; ConfigError if unusable."""
     root = settings.cache_dir
+    metrics.watch_cache_volume(root)
     disk = DiskTier(root)
     leftovers = clear_staging(root)
     if leftovers:

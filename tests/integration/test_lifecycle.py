@@ -302,3 +302,13 @@ def test_a_kubernetes_service_link_in_regcache_port_does_not_stop_it_starting(tm
         assert wait_until(lambda: "ignoring REGCACHE_PORT=tcp://10.96.0.12:3000" in (tmp_path / "log").read_text())
     finally:
         proc.stop()
+
+
+def test_metrics_tell_the_cache_volumes_size_and_free_space(cache):
+    """What the disk-nearly-full alert reads: the volume's numbers as df tells them."""
+    stat = os.statvfs(cache.cache_dir)
+    found = cache.metrics()
+    assert found['regcache_cache_volume_bytes{state="size"}'] == stat.f_blocks * stat.f_frsize
+    free = found['regcache_cache_volume_bytes{state="free"}']
+    assert abs(free - stat.f_bavail * stat.f_frsize) < 256 * 2**20  # other writers on the machine
+    assert 0 < free <= found['regcache_cache_volume_bytes{state="size"}']
