@@ -189,8 +189,9 @@ def test_a_blob_larger_than_the_free_disk_is_passed_through_and_readyz_says_so(m
 
 
 def test_a_slow_client_of_a_passed_through_blob_holds_bounded_memory(make_regcache, fake, small_disk):
-    """The registry is paused, not buffered, while the client reads slowly."""
-    big = os.urandom(24 * 1024 * 1024)
+    """The registry is paused, not buffered, while the client reads slowly: what regcache holds
+    is a few 1 MiB chunks in flight, whatever the size of the blob."""
+    big = os.urandom(64 * 1024 * 1024)
     fake.routes[f"/v2/{REPO}/blobs/{digest_of(big)}"] = serve(big)
     cache = make_regcache(*fake.upstream_arg(), cache_dir=small_disk)
     cache.blob(fake.ns, REPO, digest_of(b"warm-up"))  # imports and first-request allocations
@@ -205,7 +206,9 @@ def test_a_slow_client_of_a_passed_through_blob_holds_bounded_memory(make_regcac
     body += resp.read()
     conn.close()
     assert body == big
-    assert grown < 10 * 1024, f"regcache grew by {grown} KiB while a client stalled on a 24 MiB pass-through"
+    # About 9 MiB on this machine (chunks in flight, curl's and the first big transfer's
+    # allocations); a buffering pass-through would hold most of the 64 MiB.
+    assert grown < 16 * 1024, f"regcache grew by {grown} KiB while a client stalled on a 64 MiB pass-through"
 
 
 def test_a_passed_through_blob_that_does_not_match_its_digest_never_looks_complete(make_regcache, fake, small_disk):
