@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import os
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import configargparse
 
@@ -27,7 +25,7 @@ from regcache.config import Settings
 from regcache.errors import ConfigError
 from regcache.storage.base import Tier, TierUnavailable
 from regcache.storage.disk import DiskTier
-from regcache.storage.replicator import UPLOADS_DIR
+from regcache.storage.replicator import pending_uploads
 from regcache.storage.s3 import S3Tier
 
 # The server options a command's --help shows; the others are accepted (a shared config file
@@ -76,35 +74,15 @@ async def open_tiers(settings: Settings) -> AsyncIterator[Tiers]:
     disk = DiskTier(root, record_use=False)
     shared = None
     if settings.bucket is not None:
-        shared = S3Tier(settings.bucket, settings.s3_prefix)
-        await shared.start()
         try:
-            await shared.check()
+            shared = await S3Tier.open_checked(settings.bucket, settings.s3_prefix)
         except ConfigError as exc:
-            await shared.close()
             raise CommandError(str(exc)) from None
     try:
         yield Tiers(disk, shared, pending_uploads(root) if shared is not None else frozenset())
     finally:
         if shared is not None:
             await shared.close()
-
-
-def pending_uploads(root: Path) -> frozenset[str]:
-    """The keys the replicator has yet to upload, from its markers in `uploads/`."""
-    keys = set()
-    try:
-        markers = list((root / UPLOADS_DIR).iterdir())
-    except FileNotFoundError:
-        return frozenset()
-    for marker in markers:
-        try:
-            key = json.loads(marker.read_text())["key"]
-        except (OSError, ValueError, TypeError, KeyError):
-            continue
-        if isinstance(key, str):
-            keys.add(key)
-    return frozenset(keys)
 
 
 # A command's work, once its arguments and the server's settings are parsed: returns the exit code.

@@ -31,6 +31,25 @@ UPLOADS_DIR = "uploads"
 BLOB_WORKERS = 2
 
 
+def marker_key(marker: Path) -> str | None:
+    """The key a pending-upload marker names; None for one unreadable or torn."""
+    try:
+        key = json.loads(marker.read_text())["key"]
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+    return key if isinstance(key, str) else None
+
+
+def pending_uploads(root: Path) -> frozenset[str]:
+    """The keys still waiting for S3, from the markers in `<cache-dir>/uploads/`: what an
+    operator's command must leave alone while a server may be uploading them."""
+    try:
+        markers = list((root / UPLOADS_DIR).iterdir())
+    except FileNotFoundError:
+        return frozenset()
+    return frozenset(key for key in map(marker_key, markers) if key is not None)
+
+
 def is_blob(key: str) -> bool:
     return key.startswith(("blobs/", "private/"))
 
@@ -55,11 +74,8 @@ class Replicator:
         """Start the workers and resume the uploads a previous run left; returns how many."""
         resumed = 0
         for marker in sorted(self._markers.iterdir(), key=lambda p: p.stat().st_mtime):
-            try:
-                key = json.loads(marker.read_text())["key"]
-            except (OSError, ValueError, TypeError, KeyError):
-                key = None
-            if not isinstance(key, str):
+            key = marker_key(marker)
+            if key is None:
                 marker.unlink(missing_ok=True)
                 continue
             self._queue(key)

@@ -129,6 +129,19 @@ class S3Tier:
         self._client = await self._stack.enter_async_context(session.create_client("s3", config=config))
         self.endpoint = str(self._client.meta.endpoint_url)
 
+    @classmethod
+    async def open_checked(cls, bucket: str, prefix: str = "") -> S3Tier:
+        """A started tier whose bucket answered; ConfigError (the client closed) when it did not.
+        The server refuses to start on it, an operator's command reports it."""
+        tier = cls(bucket, prefix)
+        await tier.start()
+        try:
+            await tier.check()
+        except ConfigError:
+            await tier.close()
+            raise
+        return tier
+
     async def close(self) -> None:
         await self._stack.aclose()
 

@@ -110,13 +110,7 @@ async def open_store(settings: Settings) -> TieredStore:
         log.info("local tier: %d objects, %.1f of %.1f GiB", len(index), index.total / 2**30, index.limit / 2**30)
     shared = None
     if settings.bucket is not None:
-        shared = S3Tier(settings.bucket, settings.s3_prefix)
-        await shared.start()
-        try:
-            await shared.check()
-        except ConfigError:
-            await shared.close()
-            raise
+        shared = await S3Tier.open_checked(settings.bucket, settings.s3_prefix)
     store = TieredStore(disk, shared, index)
     resumed = store.start()
     if shared is not None:
