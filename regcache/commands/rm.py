@@ -12,7 +12,6 @@ keep their local copies until they evict them.
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from dataclasses import dataclass
 
@@ -23,10 +22,9 @@ from regcache.commands.removal import Outcome, remove
 from regcache.config import Settings
 from regcache.errors import BadRequest
 from regcache.oci.digest import Digest
-from regcache.oci.reference import parse_registry, parse_repo
+from regcache.oci.reference import is_tag, names_registry, parse_registry, parse_repo
 from regcache.storage.base import manifest_key
 
-_TAG_RE = re.compile(r"^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$")
 USAGE = "<registry>/<repository>[:<tag>|@<digest>], e.g. docker.io/library/alpine:3.19"
 
 
@@ -50,8 +48,7 @@ def parse_target(text: str) -> Target:
     """A CommandError naming what is wrong with the reference."""
     name, at, digest_text = text.strip().partition("@")
     registry, slash, rest = name.partition("/")
-    # As docker tells a registry from a repository: a dot, a port, or localhost.
-    if not slash or not rest or not ("." in registry or ":" in registry or registry == "localhost"):
+    if not slash or not rest or not names_registry(registry):
         raise CommandError(f"{text!r}: expected {USAGE}")
     tag = None
     if ":" in rest.rsplit("/", 1)[-1]:
@@ -62,7 +59,7 @@ def parse_target(text: str) -> Target:
         digest = Digest.parse(digest_text) if at else None
     except BadRequest as exc:
         raise CommandError(f"{text!r}: {exc.message}") from None
-    if tag is not None and not _TAG_RE.match(tag):
+    if tag is not None and not is_tag(tag):
         raise CommandError(f"{text!r}: invalid tag {tag!r}")
     if tag is not None and digest is not None:
         raise CommandError(f"{text!r}: give a tag or a digest, not both")

@@ -101,6 +101,16 @@ class ImageReference:
         return f"{self.registry}/{self.repo}:{self.tag}"
 
 
+def is_tag(text: str) -> bool:
+    return _TAG_RE.match(text) is not None
+
+
+def names_registry(first: str) -> bool:
+    """Whether a reference's first component is a registry, as docker and containerd tell it
+    from a Docker Hub namespace: a `.` or a port, or `localhost`."""
+    return "." in first or ":" in first or first == "localhost"
+
+
 def parse_image_reference(text: str) -> ImageReference:
     """Normalise an image reference the way containerd and Docker do; BadRequest names the problem.
 
@@ -127,10 +137,10 @@ def parse_image_reference(text: str) -> ImageReference:
     colon = name.rfind(":")
     if colon > slash:
         name, tag = name[:colon], name[colon + 1 :]
-        if not _TAG_RE.match(tag):
+        if not is_tag(tag):
             raise BadRequest("NAME_INVALID", f"invalid image reference {text!r}: invalid tag {tag!r}")
     first, sep, rest = name.partition("/")
-    if sep and (any(c in first for c in ".:") or first == "localhost" or first.lower() != first):
+    if sep and (names_registry(first) or first.lower() != first):
         registry, repo = first, rest
         if not _REGISTRY_RE.match(registry):
             raise BadRequest("NAME_INVALID", f"invalid image reference {text!r}: invalid registry {registry!r}")

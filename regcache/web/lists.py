@@ -13,7 +13,6 @@ import urllib.parse
 
 from tornado.httputil import HTTPHeaders
 
-from regcache import metrics
 from regcache.oci.listings import CACHE_ARGUMENTS, ListRef, parse_referrers_ref, parse_tags_ref
 from regcache.upstream.client import UpstreamResponse
 from regcache.web.handlers import BaseHandler
@@ -48,8 +47,7 @@ class ListHandler(BaseHandler):
 
     async def _answer(self, ref: ListRef) -> None:
         answer = await self.services.lists.get(ref, self.client_context())
-        self.cache_result = answer.result
-        metrics.CACHE_RESULTS.labels(answer.result).inc()
+        self.count(answer.result)
         # A kept answer comes from the cache's own storage, like a manifest hit.
         served_from = "disk" if answer.result == "hit" else "upstream"
         self.pass_through(self._links_moved(answer.response), include_body=True, served_from=served_from)

@@ -207,12 +207,13 @@ def test_a_tag_list_is_asked_for_every_time_so_a_new_tag_shows_at_once(make_regc
 def test_the_last_good_page_is_served_while_the_registry_is_down(make_regcache, listed):
     cache = make_regcache("--upstream", f"{listed.ns}={listed.registry.url}", "--upstream-idle-timeout", "2")
     first = list_tags(cache, listed.ns, query="n=2")
-    assert first.status == 200
+    assert first.status == 200 and first.header("X-Regcache-Cache") == "miss"
     assert len(kept_lists(cache)) == 1
     listed.registry.stop()
     try:
         stale = list_tags(cache, listed.ns, query="n=2")
         assert stale.status == 200 and stale.body == first.body
+        assert stale.header("X-Regcache-Cache") == "hit"
         assert stale.header("Link") == first.header("Link"), "the kept page still leads on through the cache"
         assert stale_count(cache, listed.ns, "tags") == 1
         assert wait_until(

@@ -67,8 +67,8 @@ def build_parser() -> configargparse.ArgumentParser:
     parser.add_argument("-c", "--config", is_config_file=True, env_var="REGCACHE_CONFIG", help="regcache's YAML config")
     for option in OPTIONS:
         if option.long in ("--host", "--port"):
-            # As text: the port is only needed when --via is not given (and Kubernetes' service
-            # links may set REGCACHE_PORT to tcp://…).
+            # As text: the port is only needed, and checked, when --via is not given (a service
+            # link's REGCACHE_PORT=tcp://… was already dropped by cli.main).
             parser.add_argument(*option.flags.split("/"), default=str(option.default), help=f"regcache's {option.help}")
     return parser
 
