@@ -452,3 +452,18 @@ def test_wait_for_http_times_out_fast() -> None:
     with pytest.raises(TimeoutError):
         wait_for_http(f"http://127.0.0.1:{port}/", timeout=0.3)
     assert time.monotonic() - t0 < 2
+
+
+def test_seaweed_starts_again_on_new_ports_when_one_was_taken_meanwhile(tmp_path: Path) -> None:
+    """The ports are picked free before weed binds them; a process that takes one in between
+    must not fail the test that wanted an S3 (it did once in a fresh-clone run)."""
+    import socket
+
+    s3 = SeaweedS3(tmp_path / "weed")
+    taken = s3.ports["volume.port"]
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", taken))
+        squatter.listen()
+        with s3:
+            assert s3.ports["volume.port"] != taken
+            assert s3.client().list_buckets()["Buckets"] == []

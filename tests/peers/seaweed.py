@@ -61,8 +61,25 @@ class SeaweedS3(Peer):
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 30.0) -> SeaweedS3:
-        """Start weed and wait until S3 accepts a signed request from these credentials."""
+    def start(self, timeout: float = 30.0, attempts: int = 3) -> SeaweedS3:
+        """Start weed and wait until S3 accepts a signed request from these credentials.
+
+        Its eight ports are picked free beforehand, so another process may take one before weed
+        binds it: then weed dies saying so ("is not available" when its own check sees it, "address
+        already in use" when its bind does), and it starts again on new ports.
+        """
+        for attempt in range(attempts):
+            try:
+                return self._start_once(timeout)
+            except RuntimeError as e:
+                taken = "address already in use" in str(e) or "is not available" in str(e)
+                if attempt == attempts - 1 or not taken:
+                    raise
+                self.ports = {flag: free_port() for flag in _PORT_FLAGS}
+                self._client = None  # it named the old S3 port
+        raise AssertionError("unreachable")
+
+    def _start_once(self, timeout: float) -> SeaweedS3:
         weed = require("weed")
         t0 = time.monotonic()
         s3_config = self.dir / "s3.json"
