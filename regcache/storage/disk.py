@@ -154,12 +154,6 @@ class DiskTier:
         self._note_use(path, st.st_mtime)
         return True
 
-    async def keys(self, prefix: str) -> AsyncIterator[str]:
-        base = self._path(prefix)
-        for dirpath, _dirs, files in os.walk(base):
-            for name in files:
-                yield os.path.relpath(os.path.join(dirpath, name), self.root)
-
     async def entries(self, prefix: str) -> AsyncIterator[ObjectInfo]:
         base = self._path(prefix)
         for dirpath, _dirs, files in os.walk(base):

@@ -264,16 +264,6 @@ class S3Tier:
             "get_object", Params={"Bucket": self.bucket, "Key": self._key(key)}, ExpiresIn=expires
         )
 
-    async def keys(self, prefix: str) -> AsyncIterator[str]:
-        query = {"Bucket": self.bucket, "Prefix": self._key(prefix)}
-        while True:
-            page = await self._call("list", lambda: self._client.list_objects_v2(**query), LOOKUP_TIMEOUT)
-            for item in page.get("Contents", []):
-                yield item["Key"][len(self.prefix) :]
-            if not page.get("IsTruncated"):
-                return
-            query["ContinuationToken"] = page["NextContinuationToken"]
-
     async def entries(self, prefix: str) -> AsyncIterator[ObjectInfo]:
         """The listing's sizes and LastModified (the upload: S3 records no later use)."""
         query = {"Bucket": self.bucket, "Prefix": self._key(prefix)}
