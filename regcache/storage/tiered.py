@@ -28,8 +28,6 @@ log = logging.getLogger(__name__)
 class TieredStore:
     def __init__(self, local: DiskTier, shared: SharedTier | None = None, index: LocalIndex | None = None) -> None:
         self.local = local
-        # Old callers (cache/blobs.py) still reach the shared tier here; use has_shared,
-        # open_shared and presign.
         self.shared = shared
         self.index = index
         self.replicator = Replicator(local, shared, index, on_done=self.evict) if shared is not None else None
@@ -83,11 +81,7 @@ class TieredStore:
             found = await self.shared.stat(key)
         except OSError:
             return None
-        if found is None:
-            return None
-        expected = key_digest(key)
-        if expected is not None and found.digest is not None and found.digest != str(expected):
-            await self._discard_shared(key, f"records digest {found.digest}")
+        if found is None or not await self._agrees(key, found.digest, f"records digest {found.digest}"):
             return None
         return found
 
@@ -122,11 +116,7 @@ class TieredStore:
             data = await self.shared.read_small(key)
         except OSError:
             return None
-        if data is None:
-            return None
-        expected = key_digest(key)
-        if expected is not None and Digest.of(data) != expected:
-            await self._discard_shared(key, "does not hash to its key")
+        if data is None or not await self._agrees(key, Digest.of(data), "does not hash to its key"):
             return None
         await self._put_local(key, data)  # the next read is local
         return data
@@ -149,11 +139,10 @@ class TieredStore:
         self._added(key, len(data))
         return True
 
-    async def commit(self, key: str, staged: StagedObject, digest: str | None = None, replicate: bool = True) -> bool:
+    async def commit(self, key: str, staged: StagedObject, replicate: bool = True) -> bool:
         """Make a verified staging file visible locally; then (S3 mode) queue its upload.
 
-        `replicate=False` for objects that came from S3 in the first place. `digest` is
-        accepted for the callers' sake: S3 records the one the key names.
+        `replicate=False` for objects that came from S3 in the first place.
         """
         try:
             await self.local.commit(key, staged)
@@ -172,11 +161,16 @@ class TieredStore:
             except OSError:
                 pass  # counted and logged by the tier
 
-    async def _discard_shared(self, key: str, why: str) -> None:
-        """A shared object that is not what its key names: deleted, so the next pull refetches it."""
+    async def _agrees(self, key: str, digest: Digest | str | None, why: str) -> bool:
+        """Whether a shared object's digest (None: not recorded) is the one its key names. One that
+        is not what its key names is deleted, so the next pull refetches it."""
+        expected = key_digest(key)
+        if expected is None or digest is None or str(digest) == str(expected):
+            return True
         log.warning("S3 object %s %s; ignored and deleted", key, why)
         metrics.VERIFICATION_FAILURES.labels("s3", "digest").inc()
         await self.delete_shared(key)
+        return False
 
     def _added(self, key: str, size: int) -> None:
         if self.index is None:
