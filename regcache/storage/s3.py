@@ -38,10 +38,10 @@ from regcache.storage.multipart import (
     MIN_PART_SIZE,
     WRITE_TIMEOUT,
     ChecksumIgnored,
-    MultipartUpload,
     checksum,
     confirm,
     read_range,
+    send_file,
 )
 
 log = logging.getLogger(__name__)
@@ -294,10 +294,9 @@ class S3Tier:
         digest = key_digest(key)
         meta = {"digest": str(digest)} if digest else {}
         if staged.size > MIN_PART_SIZE:
+            where = {"Bucket": self.bucket, "Key": self._key(key)}
             await self._checked(
-                lambda sha256: MultipartUpload(self._call, self._client, self.bucket, self._key(key), sha256).send_file(
-                    staged.path, staged.size, content_type(key), meta
-                )
+                lambda sha256: send_file(self._call, self._client, where, sha256, staged, content_type(key), meta)
             )
             return
         data = await asyncio.to_thread(read_range, staged.path, 0, staged.size)
