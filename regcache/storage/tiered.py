@@ -14,6 +14,8 @@ tier counts and logs its own failures.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from regcache import metrics
 from regcache.oci.digest import Digest
@@ -23,6 +25,8 @@ from regcache.storage.local_index import LocalIndex
 from regcache.storage.replicator import Replicator
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class TieredStore:
@@ -75,24 +79,14 @@ class TieredStore:
 
     async def stat_shared(self, key: str) -> ObjectInfo | None:
         """An object S3 holds, if its recorded digest agrees with its key (else it is deleted)."""
-        if self.shared is None:
-            return None
-        try:
-            found = await self.shared.stat(key)
-        except OSError:
-            return None
+        found = await self._ask_shared(lambda shared: shared.stat(key))
         if found is None or not await self._agrees(key, found.digest, f"records digest {found.digest}"):
             return None
         return found
 
     async def open_shared(self, key: str) -> ByteSource | None:
         """The object from the shared tier, unverified (the reader verifies what it copies)."""
-        if self.shared is None:
-            return None
-        try:
-            return await self.shared.open(key)
-        except OSError:
-            return None
+        return await self._ask_shared(lambda shared: shared.open(key))
 
     async def presign(self, key: str, expires: int) -> str:
         """A URL a client can fetch the shared object from without us; raises without a shared tier."""
@@ -110,12 +104,7 @@ class TieredStore:
             if self.index is not None:
                 self.index.touch(key)
             return data
-        if self.shared is None:
-            return None
-        try:
-            data = await self.shared.read_small(key)
-        except OSError:
-            return None
+        data = await self._ask_shared(lambda shared: shared.read_small(key))
         if data is None or not await self._agrees(key, Digest.of(data), "does not hash to its key"):
             return None
         await self._put_local(key, data)  # the next read is local
@@ -155,11 +144,17 @@ class TieredStore:
         return True
 
     async def delete_shared(self, key: str) -> None:
-        if self.shared is not None:
-            try:
-                await self.shared.delete(key)
-            except OSError:
-                pass  # counted and logged by the tier
+        await self._ask_shared(lambda shared: shared.delete(key))
+
+    async def _ask_shared(self, call: Callable[[SharedTier], Awaitable[T]]) -> T | None:
+        """The shared tier's answer; None without a shared tier or when it failed (counted and
+        logged by the tier)."""
+        if self.shared is None:
+            return None
+        try:
+            return await call(self.shared)
+        except OSError:
+            return None
 
     async def _agrees(self, key: str, digest: Digest | str | None, why: str) -> bool:
         """Whether a shared object's digest (None: not recorded) is the one its key names. One that
