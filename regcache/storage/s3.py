@@ -50,6 +50,8 @@ T = TypeVar("T")
 
 # A lookup that takes longer than this is treated as a failure: the pull goes upstream instead.
 LOOKUP_TIMEOUT = 5.0
+# How long the bucket has to answer the start-up check.
+CHECK_TIMEOUT = 10.0
 _MISSING = frozenset(("404", "NoSuchKey", "NotFound"))
 _REJECTED = frozenset(("BadDigest", "InvalidDigest", "XAmzContentChecksumMismatch", "XAmzContentSHA256Mismatch"))
 
@@ -131,32 +133,23 @@ class S3Tier:
 
     @classmethod
     async def open_checked(cls, bucket: str, prefix: str = "") -> S3Tier:
-        """A started tier whose bucket answered; ConfigError (the client closed) when it did not.
-        The server refuses to start on it, an operator's command reports it."""
+        """A started tier whose bucket answered; ConfigError (the client closed) when it did not,
+        in one line naming the bucket, the endpoint and the error. The server refuses to start on
+        it within seconds, an operator's command reports it."""
         tier = cls(bucket, prefix)
         await tier.start()
         try:
-            await tier.check()
-        except ConfigError:
+            await asyncio.wait_for(
+                tier._client.list_objects_v2(Bucket=bucket, Prefix=tier.prefix, MaxKeys=1), CHECK_TIMEOUT
+            )
+        except Exception as exc:  # noqa: BLE001 - every failure is reported the same way
             await tier.close()
-            raise
+            why = f"no answer within {CHECK_TIMEOUT:.0f}s" if isinstance(exc, TimeoutError) else _describe(exc)
+            raise ConfigError(f"S3 bucket {bucket!r} at {tier.endpoint}: {why}") from None
         return tier
 
     async def close(self) -> None:
         await self._stack.aclose()
-
-    async def check(self, timeout: float = 10.0) -> None:
-        """Fail start-up in seconds, in one line naming the bucket, the endpoint and the error."""
-        try:
-            await asyncio.wait_for(
-                self._client.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix, MaxKeys=1), timeout
-            )
-        except TimeoutError:
-            raise ConfigError(
-                f"S3 bucket {self.bucket!r} at {self.endpoint}: no answer within {timeout:.0f}s"
-            ) from None
-        except Exception as exc:  # noqa: BLE001 - every failure is reported the same way
-            raise ConfigError(f"S3 bucket {self.bucket!r} at {self.endpoint}: {_describe(exc)}") from None
 
     # --- the one way in -----------------------------------------------------------------------
     async def _call(
