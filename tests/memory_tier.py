@@ -61,11 +61,6 @@ class InMemoryTier:
         self.objects.pop(key, None)
         self.written.pop(key, None)
 
-    async def keys(self, prefix: str) -> AsyncIterator[str]:
-        for key in list(self.objects):
-            if key.startswith(prefix):
-                yield key
-
     async def entries(self, prefix: str) -> AsyncIterator[ObjectInfo]:
         for key in list(self.objects):
             if key.startswith(prefix):

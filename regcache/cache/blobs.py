@@ -175,7 +175,7 @@ class BlobService:
         async def commit(spool: Spool, origin_name: str) -> bool:
             assert key is not None
             # An object that came from S3 is not uploaded there again.
-            return await self._store.commit(key, spool.staging, str(ref.digest), replicate=origin_name == "upstream")
+            return await self._store.commit(key, spool.staging, replicate=origin_name == "upstream")
 
         # Downloads whose digest cannot be checked are never shared or stored.
         map_key = key if key is not None else f"unverifiable/{uuid.uuid4().hex}"

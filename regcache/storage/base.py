@@ -155,9 +155,6 @@ class Tier(Protocol):
     async def delete(self, key: str) -> None:
         """Remove the object; a missing key is fine."""
 
-    def keys(self, prefix: str) -> AsyncIterator[str]:
-        """Every key under `prefix`, in no particular order."""
-
     def entries(self, prefix: str) -> AsyncIterator[ObjectInfo]:
         """Every object under `prefix` with its size and last use, in no particular order: one
         listing, not a stat per key (the operator's commands walk whole tiers with it)."""

@@ -109,13 +109,9 @@ class DiskTier:
             fd = os.open(self._path(key), os.O_RDONLY)
         except (FileNotFoundError, NotADirectoryError):
             return None
-        try:
-            st = os.fstat(fd)
-            self._note_use(fd, st.st_mtime)
-            with os.fdopen(fd, "rb", closefd=False) as file:
-                return file.read()
-        finally:
-            os.close(fd)
+        with os.fdopen(fd, "rb") as file:
+            self._note_use(fd, os.fstat(fd).st_mtime)
+            return file.read()
 
     async def put_small(self, key: str, data: bytes) -> None:
         target = self._path(key)
@@ -153,12 +149,6 @@ class DiskTier:
             return False
         self._note_use(path, st.st_mtime)
         return True
-
-    async def keys(self, prefix: str) -> AsyncIterator[str]:
-        base = self._path(prefix)
-        for dirpath, _dirs, files in os.walk(base):
-            for name in files:
-                yield os.path.relpath(os.path.join(dirpath, name), self.root)
 
     async def entries(self, prefix: str) -> AsyncIterator[ObjectInfo]:
         base = self._path(prefix)

@@ -63,9 +63,6 @@ class LocalIndex:
         if self._pins[key] <= 0:
             del self._pins[key]
 
-    def pinned(self, key: str) -> bool:
-        return key in self._pins
-
     def __contains__(self, key: str) -> bool:
         return key in self._sizes
 

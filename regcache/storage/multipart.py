@@ -16,7 +16,7 @@ import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from regcache.storage.base import TierUnavailable
+from regcache.storage.base import StagedObject, TierUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -71,77 +71,61 @@ def _b64(raw: bytes) -> str:
     return base64.b64encode(raw).decode()
 
 
-class MultipartUpload:
-    """One multipart upload of `key` (the full S3 key); every call goes through `call`."""
+async def send_file(
+    call: S3Call,
+    client: Any,
+    where: dict[str, str],
+    sha256: bool,
+    staged: StagedObject,
+    content_type: str,
+    meta: dict[str, str],
+) -> None:
+    """One multipart upload of the file to `where` (the bucket and the full S3 key), every call
+    through `call`: parts a few at once; a failed part cancels the others and aborts the upload."""
+    extra = {"ChecksumAlgorithm": "SHA256"} if sha256 else {}
+    created = await call(
+        "upload",
+        lambda: client.create_multipart_upload(**where, ContentType=content_type, Metadata=meta, **extra),
+        WRITE_TIMEOUT,
+    )
+    upload_id = created["UploadId"]
+    chunk = part_size(staged.size)
+    slots = asyncio.Semaphore(PARALLEL_PARTS)
+    parts: dict[int, dict[str, Any]] = {}
 
-    def __init__(self, call: S3Call, client: Any, bucket: str, key: str, sha256: bool) -> None:
-        self._call = call
-        self._client = client
-        self._where = {"Bucket": bucket, "Key": key}
-        self._sha256 = sha256
-        self._id = ""
-        self._parts: dict[int, dict[str, Any]] = {}
+    async def send(number: int) -> None:
+        async with slots:
+            offset = (number - 1) * chunk
+            data = await asyncio.to_thread(read_range, staged.path, offset, min(chunk, staged.size - offset))
+            # Hashing 16 MiB takes long enough to leave the event loop for it.
+            sent = await asyncio.to_thread(checksum, data, sha256)
+            answer = await call(
+                "upload",
+                lambda: client.upload_part(**where, UploadId=upload_id, PartNumber=number, Body=data, **sent),
+                WRITE_TIMEOUT,
+            )
+            confirm(sent, answer)
+            parts[number] = {"PartNumber": number, "ETag": answer["ETag"]}
+            if sha256:
+                parts[number]["ChecksumSHA256"] = answer["ChecksumSHA256"]
 
-    async def create(self, content_type: str, meta: dict[str, str]) -> None:
-        extra = {"ChecksumAlgorithm": "SHA256"} if self._sha256 else {}
-        created = await self._call(
-            "upload",
-            lambda: self._client.create_multipart_upload(
-                **self._where, ContentType=content_type, Metadata=meta, **extra
-            ),
-            WRITE_TIMEOUT,
-        )
-        self._id = created["UploadId"]
-
-    async def part(self, number: int, data: bytes) -> None:
-        # Hashing 16 MiB takes long enough to leave the event loop for it.
-        sent = await asyncio.to_thread(checksum, data, self._sha256)
-        answer = await self._call(
-            "upload",
-            lambda: self._client.upload_part(**self._where, UploadId=self._id, PartNumber=number, Body=data, **sent),
-            WRITE_TIMEOUT,
-        )
-        confirm(sent, answer)
-        self._parts[number] = {"PartNumber": number, "ETag": answer["ETag"]}
-        if self._sha256:
-            self._parts[number]["ChecksumSHA256"] = answer["ChecksumSHA256"]
-
-    async def complete(self) -> None:
-        parts = [self._parts[n] for n in sorted(self._parts)]
-        await self._call(
-            "upload",
-            lambda: self._client.complete_multipart_upload(
-                **self._where, UploadId=self._id, MultipartUpload={"Parts": parts}
-            ),
-            WRITE_TIMEOUT,
-        )
-
-    async def abort(self) -> None:
-        """Best effort (the bucket's lifecycle rule is the backstop), even while being cancelled."""
+    try:
         try:
-            await asyncio.shield(self._client.abort_multipart_upload(**self._where, UploadId=self._id))
+            async with asyncio.TaskGroup() as group:
+                for number in range(1, math.ceil(staged.size / chunk) + 1):
+                    group.create_task(send(number))
+        except BaseExceptionGroup as failed:
+            raise failed.exceptions[0] from None
+        done = {"Parts": [parts[n] for n in sorted(parts)]}
+        await call(
+            "upload",
+            lambda: client.complete_multipart_upload(**where, UploadId=upload_id, MultipartUpload=done),
+            WRITE_TIMEOUT,
+        )
+    except BaseException:
+        # Best effort (the bucket's lifecycle rule is the backstop), even while being cancelled.
+        try:
+            await asyncio.shield(client.abort_multipart_upload(**where, UploadId=upload_id))
         except Exception as exc:  # noqa: BLE001 - logged; the upload failed already
-            log.warning("S3 abort of the upload of %s failed: %s", self._where["Key"], exc)
-
-    async def send_file(self, path: str, size: int, content_type: str, meta: dict[str, str]) -> None:
-        """Upload the file in parts, a few at once; a failed part cancels the others and aborts."""
-        await self.create(content_type, meta)
-        chunk = part_size(size)
-        slots = asyncio.Semaphore(PARALLEL_PARTS)
-
-        async def send(number: int) -> None:
-            async with slots:
-                offset = (number - 1) * chunk
-                await self.part(number, await asyncio.to_thread(read_range, path, offset, min(chunk, size - offset)))
-
-        try:
-            try:
-                async with asyncio.TaskGroup() as group:
-                    for number in range(1, math.ceil(size / chunk) + 1):
-                        group.create_task(send(number))
-            except BaseExceptionGroup as failed:
-                raise failed.exceptions[0] from None
-            await self.complete()
-        except BaseException:
-            await self.abort()
-            raise
+            log.warning("S3 abort of the upload of %s failed: %s", where["Key"], exc)
+        raise

@@ -38,10 +38,10 @@ from regcache.storage.multipart import (
     MIN_PART_SIZE,
     WRITE_TIMEOUT,
     ChecksumIgnored,
-    MultipartUpload,
     checksum,
     confirm,
     read_range,
+    send_file,
 )
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,8 @@ T = TypeVar("T")
 
 # A lookup that takes longer than this is treated as a failure: the pull goes upstream instead.
 LOOKUP_TIMEOUT = 5.0
+# How long the bucket has to answer the start-up check.
+CHECK_TIMEOUT = 10.0
 _MISSING = frozenset(("404", "NoSuchKey", "NotFound"))
 _REJECTED = frozenset(("BadDigest", "InvalidDigest", "XAmzContentChecksumMismatch", "XAmzContentSHA256Mismatch"))
 
@@ -131,32 +133,23 @@ class S3Tier:
 
     @classmethod
     async def open_checked(cls, bucket: str, prefix: str = "") -> S3Tier:
-        """A started tier whose bucket answered; ConfigError (the client closed) when it did not.
-        The server refuses to start on it, an operator's command reports it."""
+        """A started tier whose bucket answered; ConfigError (the client closed) when it did not,
+        in one line naming the bucket, the endpoint and the error. The server refuses to start on
+        it within seconds, an operator's command reports it."""
         tier = cls(bucket, prefix)
         await tier.start()
         try:
-            await tier.check()
-        except ConfigError:
+            await asyncio.wait_for(
+                tier._client.list_objects_v2(Bucket=bucket, Prefix=tier.prefix, MaxKeys=1), CHECK_TIMEOUT
+            )
+        except Exception as exc:  # noqa: BLE001 - every failure is reported the same way
             await tier.close()
-            raise
+            why = f"no answer within {CHECK_TIMEOUT:.0f}s" if isinstance(exc, TimeoutError) else _describe(exc)
+            raise ConfigError(f"S3 bucket {bucket!r} at {tier.endpoint}: {why}") from None
         return tier
 
     async def close(self) -> None:
         await self._stack.aclose()
-
-    async def check(self, timeout: float = 10.0) -> None:
-        """Fail start-up in seconds, in one line naming the bucket, the endpoint and the error."""
-        try:
-            await asyncio.wait_for(
-                self._client.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix, MaxKeys=1), timeout
-            )
-        except TimeoutError:
-            raise ConfigError(
-                f"S3 bucket {self.bucket!r} at {self.endpoint}: no answer within {timeout:.0f}s"
-            ) from None
-        except Exception as exc:  # noqa: BLE001 - every failure is reported the same way
-            raise ConfigError(f"S3 bucket {self.bucket!r} at {self.endpoint}: {_describe(exc)}") from None
 
     # --- the one way in -----------------------------------------------------------------------
     async def _call(
@@ -264,16 +257,6 @@ class S3Tier:
             "get_object", Params={"Bucket": self.bucket, "Key": self._key(key)}, ExpiresIn=expires
         )
 
-    async def keys(self, prefix: str) -> AsyncIterator[str]:
-        query = {"Bucket": self.bucket, "Prefix": self._key(prefix)}
-        while True:
-            page = await self._call("list", lambda: self._client.list_objects_v2(**query), LOOKUP_TIMEOUT)
-            for item in page.get("Contents", []):
-                yield item["Key"][len(self.prefix) :]
-            if not page.get("IsTruncated"):
-                return
-            query["ContinuationToken"] = page["NextContinuationToken"]
-
     async def entries(self, prefix: str) -> AsyncIterator[ObjectInfo]:
         """The listing's sizes and LastModified (the upload: S3 records no later use)."""
         query = {"Bucket": self.bucket, "Prefix": self._key(prefix)}
@@ -304,10 +287,9 @@ class S3Tier:
         digest = key_digest(key)
         meta = {"digest": str(digest)} if digest else {}
         if staged.size > MIN_PART_SIZE:
+            where = {"Bucket": self.bucket, "Key": self._key(key)}
             await self._checked(
-                lambda sha256: MultipartUpload(self._call, self._client, self.bucket, self._key(key), sha256).send_file(
-                    staged.path, staged.size, content_type(key), meta
-                )
+                lambda sha256: send_file(self._call, self._client, where, sha256, staged, content_type(key), meta)
             )
             return
         data = await asyncio.to_thread(read_range, staged.path, 0, staged.size)

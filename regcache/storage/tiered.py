@@ -14,6 +14,8 @@ tier counts and logs its own failures.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from regcache import metrics
 from regcache.oci.digest import Digest
@@ -24,12 +26,12 @@ from regcache.storage.replicator import Replicator
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 
 class TieredStore:
     def __init__(self, local: DiskTier, shared: SharedTier | None = None, index: LocalIndex | None = None) -> None:
         self.local = local
-        # Old callers (cache/blobs.py) still reach the shared tier here; use has_shared,
-        # open_shared and presign.
         self.shared = shared
         self.index = index
         self.replicator = Replicator(local, shared, index, on_done=self.evict) if shared is not None else None
@@ -77,28 +79,14 @@ class TieredStore:
 
     async def stat_shared(self, key: str) -> ObjectInfo | None:
         """An object S3 holds, if its recorded digest agrees with its key (else it is deleted)."""
-        if self.shared is None:
-            return None
-        try:
-            found = await self.shared.stat(key)
-        except OSError:
-            return None
-        if found is None:
-            return None
-        expected = key_digest(key)
-        if expected is not None and found.digest is not None and found.digest != str(expected):
-            await self._discard_shared(key, f"records digest {found.digest}")
+        found = await self._ask_shared(lambda shared: shared.stat(key))
+        if found is None or not await self._agrees(key, found.digest, f"records digest {found.digest}"):
             return None
         return found
 
     async def open_shared(self, key: str) -> ByteSource | None:
         """The object from the shared tier, unverified (the reader verifies what it copies)."""
-        if self.shared is None:
-            return None
-        try:
-            return await self.shared.open(key)
-        except OSError:
-            return None
+        return await self._ask_shared(lambda shared: shared.open(key))
 
     async def presign(self, key: str, expires: int) -> str:
         """A URL a client can fetch the shared object from without us; raises without a shared tier."""
@@ -116,17 +104,8 @@ class TieredStore:
             if self.index is not None:
                 self.index.touch(key)
             return data
-        if self.shared is None:
-            return None
-        try:
-            data = await self.shared.read_small(key)
-        except OSError:
-            return None
-        if data is None:
-            return None
-        expected = key_digest(key)
-        if expected is not None and Digest.of(data) != expected:
-            await self._discard_shared(key, "does not hash to its key")
+        data = await self._ask_shared(lambda shared: shared.read_small(key))
+        if data is None or not await self._agrees(key, Digest.of(data), "does not hash to its key"):
             return None
         await self._put_local(key, data)  # the next read is local
         return data
@@ -149,11 +128,10 @@ class TieredStore:
         self._added(key, len(data))
         return True
 
-    async def commit(self, key: str, staged: StagedObject, digest: str | None = None, replicate: bool = True) -> bool:
+    async def commit(self, key: str, staged: StagedObject, replicate: bool = True) -> bool:
         """Make a verified staging file visible locally; then (S3 mode) queue its upload.
 
-        `replicate=False` for objects that came from S3 in the first place. `digest` is
-        accepted for the callers' sake: S3 records the one the key names.
+        `replicate=False` for objects that came from S3 in the first place.
         """
         try:
             await self.local.commit(key, staged)
@@ -166,17 +144,28 @@ class TieredStore:
         return True
 
     async def delete_shared(self, key: str) -> None:
-        if self.shared is not None:
-            try:
-                await self.shared.delete(key)
-            except OSError:
-                pass  # counted and logged by the tier
+        await self._ask_shared(lambda shared: shared.delete(key))
 
-    async def _discard_shared(self, key: str, why: str) -> None:
-        """A shared object that is not what its key names: deleted, so the next pull refetches it."""
+    async def _ask_shared(self, call: Callable[[SharedTier], Awaitable[T]]) -> T | None:
+        """The shared tier's answer; None without a shared tier or when it failed (counted and
+        logged by the tier)."""
+        if self.shared is None:
+            return None
+        try:
+            return await call(self.shared)
+        except OSError:
+            return None
+
+    async def _agrees(self, key: str, digest: Digest | str | None, why: str) -> bool:
+        """Whether a shared object's digest (None: not recorded) is the one its key names. One that
+        is not what its key names is deleted, so the next pull refetches it."""
+        expected = key_digest(key)
+        if expected is None or digest is None or str(digest) == str(expected):
+            return True
         log.warning("S3 object %s %s; ignored and deleted", key, why)
         metrics.VERIFICATION_FAILURES.labels("s3", "digest").inc()
         await self.delete_shared(key)
+        return False
 
     def _added(self, key: str, size: int) -> None:
         if self.index is None:

@@ -132,13 +132,13 @@ def test_keys_lists_what_is_under_a_prefix_put_or_committed(run_on_tier, tmp_pat
         for key in ("tags/r/a/1.json", "tags/r/a/2.json", "tags/r/b/1.json"):
             await tier.put_small(key, b"{}")
         await tier.commit("tags/r/a/3.json", stage(tmp_path, b"{}"))
-        assert sorted([k async for k in tier.keys("tags/r/a/")]) == [
+        assert sorted([e.key async for e in tier.entries("tags/r/a/")]) == [
             "tags/r/a/1.json",
             "tags/r/a/2.json",
             "tags/r/a/3.json",
         ]
         await tier.delete("tags/r/a/2.json")
-        assert sorted([k async for k in tier.keys("tags/r/a/")]) == ["tags/r/a/1.json", "tags/r/a/3.json"]
+        assert sorted([e.key async for e in tier.entries("tags/r/a/")]) == ["tags/r/a/1.json", "tags/r/a/3.json"]
 
     run_on_tier(body)
 
@@ -210,7 +210,7 @@ def test_a_staged_file_is_invisible_until_committed_then_visible_whole(run_on_ti
         assert await tier.stat(key) is None
         assert await tier.open(key) is None
         assert await tier.read_small(key) is None
-        assert [k async for k in tier.keys("blobs/")] == []
+        assert [e.key async for e in tier.entries("blobs/")] == []
         await tier.commit(key, staged)
         assert (await tier.stat(key)).size == len(data)
         assert await tier.read_small(key) == data
