@@ -56,14 +56,6 @@ class Fill:
         self._origin = origin
         self._commit = commit
 
-    @property
-    def verified(self) -> bool:
-        return self.spool.verified
-
-    @property
-    def error(self) -> RegcacheError | None:
-        return self.spool.error
-
     def reader(self, max_readers: int | None) -> SpoolReader:
         """A reader of the spool; Overloaded when the fill already has its maximum of readers."""
         if max_readers is not None and self.readers >= max_readers:

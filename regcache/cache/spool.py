@@ -19,7 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from regcache import metrics
-from regcache.errors import DigestMismatch, RegcacheError, SizeMismatch, StorageError
+from regcache.cache.verifying import verify
+from regcache.errors import RegcacheError, StorageError
 from regcache.oci.digest import Digest
 from regcache.storage.staging import StagingFile
 
@@ -147,17 +148,11 @@ class Spool:
         await self._idle.wait()
         if self.error is not None:
             raise self.error
-        label = metrics.registry_label(self.registry)
-        if self.size is not None and self.written != self.size:
-            metrics.VERIFICATION_FAILURES.labels(label, "size").inc()
-            self.fail(SizeMismatch(self.registry, self.size, self.written))
-        elif self.expected is not None and self.expected.verifiable:
-            actual = Digest("sha256", self._sha256.hexdigest())
-            if actual != self.expected:
-                metrics.VERIFICATION_FAILURES.labels(label, "digest").inc()
-                self.fail(DigestMismatch(self.registry, str(self.expected), str(actual)))
-        if self.error is not None:
-            raise self.error
+        try:
+            verify(self.registry, self.expected, self.size, self.written, self._sha256)
+        except RegcacheError as exc:
+            self.fail(exc)
+            raise
         self.verified = True
         self._wake()
         # On disk before it is visible: a power cut must not leave a renamed empty file.
