@@ -17,7 +17,8 @@ from regcache.cache.ranges import ByteRange, RangeSpec, Unsatisfiable
 from regcache.errors import DigestMismatch, RegcacheError, SizeMismatch, UpstreamError
 from regcache.storage.base import ByteSource
 from regcache.storage.tiered import TieredStore
-from regcache.upstream.client import UpstreamClient, UpstreamRequest, UpstreamResponse, UpstreamStream
+from regcache.upstream.client import UpstreamClient, UpstreamRequest, UpstreamResponse
+from regcache.upstream.transport import Exchange
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ class StreamSource:
     """An upstream answer as a ByteSource: read once, from the offset its bytes start at (the
     bytes before `start` of an answer that starts earlier are dropped)."""
 
-    def __init__(self, stream: UpstreamStream, base: int, size: int | None) -> None:
+    def __init__(self, stream: Exchange, base: int, size: int | None) -> None:
         self.size = size
         self._stream = stream
         self._base = base

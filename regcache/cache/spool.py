@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -197,17 +197,16 @@ class Spool:
             self._waiters.append(waiter)
             await waiter
 
-    def reader(self) -> SpoolReader:
-        return SpoolReader(self)
-
 
 class SpoolReader:
     """A client's view of a spool (a ByteSource, and FileBacked for sendfile): its own
     descriptor, valid after the staging file is renamed or removed."""
 
-    def __init__(self, spool: Spool) -> None:
+    def __init__(self, spool: Spool, on_close: Callable[[], None] | None = None) -> None:
         self._spool = spool
         self._fd = spool.staging.dup()
+        # Run once when the reader closes: the fill gives the reader's slot back.
+        self._on_close = on_close
 
     @property
     def size(self) -> int | None:
@@ -235,6 +234,8 @@ class SpoolReader:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+            if self._on_close is not None:
+                self._on_close()
 
 
 def _update(sha256: hashlib._Hash, chunks: list[bytes]) -> None:
