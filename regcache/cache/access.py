@@ -18,7 +18,7 @@ from collections.abc import Callable
 from regcache.cache.context import ClientContext
 from regcache.oci.reference import BlobRef
 from regcache.singleflight import SingleFlight
-from regcache.upstream.client import UpstreamClient, UpstreamRequest, UpstreamResponse
+from regcache.upstream.client import UpstreamClient, UpstreamResponse
 
 ACCESS_TTL = 60.0
 MAX_REMEMBERED = 4096
@@ -43,14 +43,8 @@ class AccessCheck:
             return None
 
         async def check() -> UpstreamResponse | None:
-            request = UpstreamRequest(
-                registry=ref.registry,
-                repo=ref.repo,
-                method="HEAD",
-                path=f"/v2/{ref.repo}/blobs/{ref.digest}",
-                client_authorization=client.authorization,
-            )
-            response = await self._upstream.fetch(request)
+            path = f"/v2/{ref.repo}/blobs/{ref.digest}"
+            response = await self._upstream.fetch(client.request(ref.registry, ref.repo, "HEAD", path))
             if not 200 <= response.status < 300:
                 return response
             self._allowed[key] = self._clock() + ACCESS_TTL

@@ -162,10 +162,10 @@ class BlobService:
     async def _join(self, key: str | None, ref: BlobRef, client: ClientContext) -> BlobAnswer | None:
         """Read along with the download of `key` in flight; None when there is none for us."""
         fill = self._fills.get(key) if key is not None else None
-        if fill is None or fill.error is not None:
+        if fill is None or fill.spool.error is not None:
             return None
         metrics.FILL_JOINS.inc()
-        hit = fill.verified
+        hit = fill.spool.verified
         return await self._answer(fill, fill.reader(self._fills.max_readers), ref, client, hit)
 
     async def _start(self, key: str | None, ref: BlobRef, client: ClientContext, origin: Origin) -> BlobAnswer:
@@ -231,10 +231,4 @@ def _identity(ref: BlobRef, client: ClientContext) -> tuple[str, str, str]:
 
 
 def _request(ref: BlobRef, client: ClientContext, method: str) -> UpstreamRequest:
-    return UpstreamRequest(
-        registry=ref.registry,
-        repo=ref.repo,
-        method=method,
-        path=f"/v2/{ref.repo}/blobs/{ref.digest}",
-        client_authorization=client.authorization,
-    )
+    return client.request(ref.registry, ref.repo, method, f"/v2/{ref.repo}/blobs/{ref.digest}")

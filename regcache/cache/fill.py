@@ -56,21 +56,16 @@ class Fill:
         self._origin = origin
         self._commit = commit
 
-    @property
-    def verified(self) -> bool:
-        return self.spool.verified
-
-    @property
-    def error(self) -> RegcacheError | None:
-        return self.spool.error
-
     def reader(self, max_readers: int | None) -> SpoolReader:
         """A reader of the spool; Overloaded when the fill already has its maximum of readers."""
         if max_readers is not None and self.readers >= max_readers:
             metrics.OVERLOADED.labels("fill-clients").inc()
             raise Overloaded(f"{self.readers} clients are already reading this download; fetch it from the registry")
         self.readers += 1
-        return _CountedReader(self)
+        return SpoolReader(self.spool, on_close=self._reader_left)
+
+    def _reader_left(self) -> None:
+        self.readers -= 1
 
     async def run(self) -> None:
         started = time.monotonic()
@@ -161,20 +156,6 @@ class Fill:
         if not self.head.done():
             self.head.set_exception(error)
             self.head.exception()  # retrieved here; readers re-raise it
-
-
-class _CountedReader(SpoolReader):
-    """A spool reader that gives its slot back to the fill when it closes."""
-
-    def __init__(self, fill: Fill) -> None:
-        super().__init__(fill.spool)
-        self._fill: Fill | None = fill
-
-    async def aclose(self) -> None:
-        if self._fill is not None:
-            self._fill.readers -= 1
-            self._fill = None
-        await super().aclose()
 
 
 def _as_regcache_error(origin: Origin, exc: Exception) -> RegcacheError:

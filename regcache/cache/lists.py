@@ -32,7 +32,7 @@ from regcache.oci.listings import ListRef
 from regcache.singleflight import SingleFlight
 from regcache.storage.base import list_key
 from regcache.storage.tiered import TieredStore
-from regcache.upstream.client import UpstreamClient, UpstreamRequest, UpstreamResponse
+from regcache.upstream.client import UpstreamClient, UpstreamResponse
 
 log = logging.getLogger(__name__)
 
@@ -83,15 +83,7 @@ class ListService:
         return await self._fetches.run((ref, client.credential_key()), fetch)
 
     async def _fetch(self, ref: ListRef, client: ClientContext, key: str | None) -> ListAnswer:
-        request = UpstreamRequest(
-            registry=ref.registry,
-            repo=ref.repo,
-            method="GET",
-            path=ref.path,
-            headers={"Accept": ", ".join(client.accept)} if client.accept else {},
-            client_authorization=client.authorization,
-            buffered_limit=MAX_LIST_SIZE,
-        )
+        request = client.request(ref.registry, ref.repo, "GET", ref.path, accept=True, limit=MAX_LIST_SIZE)
         try:
             response = await self._upstream.fetch(request)
         except Offline:

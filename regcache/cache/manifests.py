@@ -151,15 +151,8 @@ class ManifestService:
 
     @staticmethod
     def _request(ref: ManifestRef, client: ClientContext, method: str) -> UpstreamRequest:
-        return UpstreamRequest(
-            registry=ref.registry,
-            repo=ref.repo,
-            method=method,
-            path=f"/v2/{ref.repo}/manifests/{ref.reference}",
-            headers={"Accept": ", ".join(client.accept)} if client.accept else {},
-            client_authorization=client.authorization,
-            buffered_limit=MAX_MANIFEST_SIZE,
-        )
+        path = f"/v2/{ref.repo}/manifests/{ref.reference}"
+        return client.request(ref.registry, ref.repo, method, path, accept=True, limit=MAX_MANIFEST_SIZE)
 
     @staticmethod
     def _pointer(manifest: Manifest) -> bytes:

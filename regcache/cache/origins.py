@@ -13,10 +13,12 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Protocol
 
+from regcache.cache.ranges import ByteRange, RangeSpec, Unsatisfiable
 from regcache.errors import DigestMismatch, RegcacheError, SizeMismatch, UpstreamError
 from regcache.storage.base import ByteSource
 from regcache.storage.tiered import TieredStore
-from regcache.upstream.client import UpstreamClient, UpstreamRequest, UpstreamResponse, UpstreamStream
+from regcache.upstream.client import UpstreamClient, UpstreamRequest, UpstreamResponse
+from regcache.upstream.transport import Exchange
 
 log = logging.getLogger(__name__)
 
@@ -55,18 +57,13 @@ class UpstreamOrigin:
 
     async def resume(self, offset: int, size: int) -> ByteSource:
         registry = self._request.registry
-        request = replace(self._request, headers={**self._request.headers, "Range": f"bytes={offset}-"})
-        answer = await self._client.open(request)
+        answer = await open_range(self._client, self._request, RangeSpec(offset, None))
         if isinstance(answer, UpstreamResponse):
             raise CannotResume(registry, f"cannot resume at byte {offset}: answered {answer.status}")
-        if answer.status == 200 and answer.size == size:
-            return StreamSource(answer, 0, size)  # the registry ignored the Range
-        expected = f"bytes {offset}-{size - 1}/{size}"
-        got = answer.headers.get("Content-Range", "")
-        if answer.status != 206 or got.replace(" ", "") != expected.replace(" ", ""):
+        if answer.size != size:
             await answer.aclose()
-            raise UpstreamError(registry, f"cannot resume at byte {offset}: answered {answer.status} {got}".rstrip())
-        return StreamSource(answer, offset, size)
+            raise UpstreamError(registry, f"cannot resume at byte {offset}: the object is now {answer.size} bytes")
+        return answer
 
     def failed(self, error: RegcacheError) -> None:
         pass
@@ -76,7 +73,7 @@ class StreamSource:
     """An upstream answer as a ByteSource: read once, from the offset its bytes start at (the
     bytes before `start` of an answer that starts earlier are dropped)."""
 
-    def __init__(self, stream: UpstreamStream, base: int, size: int | None) -> None:
+    def __init__(self, stream: Exchange, base: int, size: int | None) -> None:
         self.size = size
         self._stream = stream
         self._base = base
@@ -99,6 +96,32 @@ class StreamSource:
 
     async def aclose(self) -> None:
         await self._stream.aclose()
+
+
+async def open_range(
+    upstream: UpstreamClient, request: UpstreamRequest, wanted: RangeSpec
+) -> StreamSource | UpstreamResponse:
+    """The registry's bytes for `wanted`, from where it starts, or its non-2xx answer. A registry
+    that ignores the Range answers 200: the bytes before the range are read and dropped."""
+    answer = await upstream.open(replace(request, headers={**request.headers, "Range": wanted.header()}))
+    if isinstance(answer, UpstreamResponse) or answer.status != 206:
+        return answer if isinstance(answer, UpstreamResponse) else StreamSource(answer, 0, answer.size)
+    got = answer.headers.get("Content-Range", "")
+    unit, _, rest = got.strip().partition(" ")
+    span, _, total = rest.partition("/")
+    first, _, last = span.partition("-")
+    try:
+        if unit != "bytes" or not (first.isdigit() and last.isdigit() and total.isdigit()):
+            raise ValueError(got)
+        expected = wanted.resolve(int(total))
+        if expected != ByteRange(int(first), int(last) + 1) or answer.size not in (None, expected.length):
+            raise ValueError(got)
+    except (ValueError, Unsatisfiable):
+        # A client must never get bytes from another place than it asked.
+        await answer.aclose()
+        message = f"answered {got or 'a 206 without Content-Range'} to Range {wanted.header()}"
+        raise UpstreamError(request.registry, message) from None
+    return StreamSource(answer, expected.start, int(total))
 
 
 class S3Origin:

@@ -12,15 +12,14 @@ verifies every layer's digest). Nothing here is stored or shared.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
-from regcache.cache.origins import StreamSource
-from regcache.cache.ranges import ByteRange, RangeSpec, Unsatisfiable
+from regcache.cache.origins import StreamSource, open_range
+from regcache.cache.ranges import RangeSpec, Unsatisfiable
 from regcache.cache.verifying import VerifyingSource
-from regcache.errors import UpstreamError
 from regcache.oci.digest import Digest
 from regcache.storage.base import ByteSource
-from regcache.upstream.client import UpstreamClient, UpstreamRequest, UpstreamResponse, UpstreamStream
+from regcache.upstream.client import UpstreamClient, UpstreamRequest, UpstreamResponse
 
 
 @dataclass(frozen=True)
@@ -41,41 +40,10 @@ async def open_uncached(
         if isinstance(whole, UpstreamResponse):
             return whole
         return VerifyingSource(StreamSource(whole, 0, whole.size), digest, request.registry)
-    return await _open_part(upstream, replace(request, headers={**request.headers, "Range": wanted.header()}), wanted)
-
-
-async def _open_part(
-    upstream: UpstreamClient, request: UpstreamRequest, wanted: RangeSpec
-) -> ByteSource | Unsatisfied | UpstreamResponse:
-    answer = await upstream.open(request)
-    if isinstance(answer, UpstreamResponse):
-        return _unsatisfiable(answer, wanted) if answer.status == 416 else answer
-    if answer.status != 206:
-        return StreamSource(answer, 0, answer.size)  # the registry ignored the Range: skip to it
-    start, size = await _checked_part(answer, wanted, request.registry)
-    return StreamSource(answer, start, size)
-
-
-async def _checked_part(answer: UpstreamStream, wanted: RangeSpec, registry: str) -> tuple[int, int]:
-    """Where a 206 starts and the object's size, when it is the range asked; else an error
-    (the answer is closed): a client must never get bytes from another place than it asked."""
-    got = answer.headers.get("Content-Range", "")
-    unit, _, rest = got.strip().partition(" ")
-    span, _, total = rest.partition("/")
-    first, _, last = span.partition("-")
-    try:
-        if unit != "bytes" or not (first.isdigit() and last.isdigit() and total.isdigit()):
-            raise ValueError(got)
-        size = int(total)
-        expected = wanted.resolve(size)
-        if expected != ByteRange(int(first), int(last) + 1) or answer.size not in (None, expected.length):
-            raise ValueError(got)
-    except (ValueError, Unsatisfiable):
-        await answer.aclose()
-        raise UpstreamError(
-            registry, f"answered {got or 'a 206 without Content-Range'} to Range {wanted.header()}"
-        ) from None
-    return expected.start, size
+    answer = await open_range(upstream, request, wanted)
+    if isinstance(answer, UpstreamResponse) and answer.status == 416:
+        return _unsatisfiable(answer, wanted)
+    return answer
 
 
 def _unsatisfiable(answer: UpstreamResponse, wanted: RangeSpec) -> Unsatisfied | UpstreamResponse:

@@ -14,12 +14,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from regcache import metrics
-from regcache.errors import DigestMismatch, RegcacheError, SizeMismatch, StorageError
+from regcache.cache.verifying import verify
+from regcache.errors import RegcacheError, StorageError
 from regcache.oci.digest import Digest
 from regcache.storage.staging import StagingFile
 
@@ -147,17 +148,11 @@ class Spool:
         await self._idle.wait()
         if self.error is not None:
             raise self.error
-        label = metrics.registry_label(self.registry)
-        if self.size is not None and self.written != self.size:
-            metrics.VERIFICATION_FAILURES.labels(label, "size").inc()
-            self.fail(SizeMismatch(self.registry, self.size, self.written))
-        elif self.expected is not None and self.expected.verifiable:
-            actual = Digest("sha256", self._sha256.hexdigest())
-            if actual != self.expected:
-                metrics.VERIFICATION_FAILURES.labels(label, "digest").inc()
-                self.fail(DigestMismatch(self.registry, str(self.expected), str(actual)))
-        if self.error is not None:
-            raise self.error
+        try:
+            verify(self.registry, self.expected, self.size, self.written, self._sha256)
+        except RegcacheError as exc:
+            self.fail(exc)
+            raise
         self.verified = True
         self._wake()
         # On disk before it is visible: a power cut must not leave a renamed empty file.
@@ -202,17 +197,16 @@ class Spool:
             self._waiters.append(waiter)
             await waiter
 
-    def reader(self) -> SpoolReader:
-        return SpoolReader(self)
-
 
 class SpoolReader:
     """A client's view of a spool (a ByteSource, and FileBacked for sendfile): its own
     descriptor, valid after the staging file is renamed or removed."""
 
-    def __init__(self, spool: Spool) -> None:
+    def __init__(self, spool: Spool, on_close: Callable[[], None] | None = None) -> None:
         self._spool = spool
         self._fd = spool.staging.dup()
+        # Run once when the reader closes: the fill gives the reader's slot back.
+        self._on_close = on_close
 
     @property
     def size(self) -> int | None:
@@ -240,6 +234,8 @@ class SpoolReader:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+            if self._on_close is not None:
+                self._on_close()
 
 
 def _update(sha256: hashlib._Hash, chunks: list[bytes]) -> None:

@@ -39,16 +39,23 @@ class VerifyingSource:
             out, held = held + chunk[:-1], chunk[-1:]
             if out:
                 yield out
-        label = metrics.registry_label(self._registry)
-        if self.size is not None and received != self.size:
-            metrics.VERIFICATION_FAILURES.labels(label, "size").inc()
-            raise SizeMismatch(self._registry, self.size, received)
-        actual = Digest("sha256", sha.hexdigest())
-        if self._expected.verifiable and actual != self._expected:
-            metrics.VERIFICATION_FAILURES.labels(label, "digest").inc()
-            raise DigestMismatch(self._registry, str(self._expected), str(actual))
+        verify(self._registry, self._expected, self.size, received, sha)
         if held:
             yield held
 
     async def aclose(self) -> None:
         await self._source.aclose()
+
+
+def verify(registry: str, expected: Digest | None, size: int | None, received: int, sha256: hashlib._Hash) -> None:
+    """The one check every object passes before a client gets its last byte or the cache keeps
+    it: `received` bytes hashing to `sha256` are the object (its announced size, its digest
+    where one can be checked); else the mismatch is counted and raised."""
+    label = metrics.registry_label(registry)
+    if size is not None and received != size:
+        metrics.VERIFICATION_FAILURES.labels(label, "size").inc()
+        raise SizeMismatch(registry, size, received)
+    actual = Digest("sha256", sha256.hexdigest())
+    if expected is not None and expected.verifiable and actual != expected:
+        metrics.VERIFICATION_FAILURES.labels(label, "digest").inc()
+        raise DigestMismatch(registry, str(expected), str(actual))

@@ -66,10 +66,6 @@ class UpstreamRequest:
     buffered_limit: int = MAX_ERROR_BODY
 
 
-# A 2xx answer whose body is still arriving: status, headers, size, chunks(), aclose().
-UpstreamStream = Exchange
-
-
 @dataclass
 class UpstreamResponse:
     status: int
@@ -114,7 +110,7 @@ class UpstreamClient:
         body, truncated = await answer.read(request.buffered_limit)
         return UpstreamResponse(answer.status, answer.headers, body, truncated)
 
-    async def open(self, request: UpstreamRequest) -> UpstreamStream | UpstreamResponse:
+    async def open(self, request: UpstreamRequest) -> Exchange | UpstreamResponse:
         """A 2xx answer as a stream whose body is pulled as it arrives; any other answer whole.
 
         Returns as soon as the final answer's headers are known. Raises UpstreamError when the
