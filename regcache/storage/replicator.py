@@ -20,8 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from regcache import metrics
+from regcache.breaker import CircuitBreaker
 from regcache.storage.base import ContentRejected, Tier, TierUnavailable
-from regcache.storage.breaker import CircuitBreaker
 from regcache.storage.disk import DiskTier
 from regcache.storage.local_index import LocalIndex
 

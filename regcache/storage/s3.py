@@ -23,6 +23,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from regcache import metrics
+from regcache.breaker import CircuitBreaker
 from regcache.errors import ConfigError
 from regcache.storage.base import (
     CHUNK,
@@ -33,7 +34,6 @@ from regcache.storage.base import (
     content_type,
     key_digest,
 )
-from regcache.storage.breaker import CircuitBreaker
 from regcache.storage.multipart import (
     MIN_PART_SIZE,
     WRITE_TIMEOUT,

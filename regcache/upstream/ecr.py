@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from regcache import metrics
+from regcache.breaker import CircuitBreaker
 from regcache.credentials import Credentials, EcrAuth
 from regcache.singleflight import SingleFlight
 
@@ -141,13 +142,6 @@ class _Held:
     refresh_at: float
 
 
-@dataclass
-class _Failing:
-    retry_at: float
-    backoff: float
-    tries: int = 1
-
-
 class EcrCredentials:
     """ECR tokens by where they come from: cached, refreshed once for all waiters, paced on failure."""
 
@@ -161,7 +155,7 @@ class EcrCredentials:
         self._clock = clock  # wall clock: expiresAt is one
         self._margin = refresh_margin
         self._held: OrderedDict[EcrAuth, _Held] = OrderedDict()
-        self._failing: OrderedDict[EcrAuth, _Failing] = OrderedDict()
+        self._failing: OrderedDict[EcrAuth, CircuitBreaker] = OrderedDict()
         self._refreshes: SingleFlight[EcrAuth, Credentials | None] = SingleFlight()
 
     async def credentials(self, registry: str, source: EcrAuth) -> Credentials | None:
@@ -171,7 +165,7 @@ class EcrCredentials:
         if held is not None and now < held.refresh_at:
             return held.credentials
         failing = self._failing.get(source)
-        if failing is not None and now < failing.retry_at:
+        if failing is not None and not failing.available:
             return None
         return await self._refreshes.run(source, lambda: self._refresh(registry, source))
 
@@ -195,7 +189,7 @@ class EcrCredentials:
             registry,
             source.registry_id or "(the caller's)",
             source.region or "(AWS default region)",
-            f" after {failing.tries} failed tries" if failing else "",
+            f" after {failing.failures} failed tries" if failing else "",
             expires,
             " (already past: is the clock right?)" if token.expires_at <= now else "",
             refresh_at - now,
@@ -204,22 +198,21 @@ class EcrCredentials:
 
     def _failed(self, registry: str, source: EcrAuth, why: str) -> None:
         metrics.ECR_TOKEN_REFRESHES.labels(metrics.registry_label(registry), "error").inc()
-        now = self._clock()
         failing = self._failing.get(source)
+        first = failing is None
         if failing is None:
-            failing = self._failing[source] = _Failing(now + BACKOFF_FIRST, BACKOFF_FIRST)
+            failing = self._failing[source] = CircuitBreaker(BACKOFF_FIRST, BACKOFF_MAX, self._clock)
             while len(self._failing) > MAX_SOURCES:
                 self._failing.popitem(last=False)
+        backoff = failing.failed()
+        if first:
             # One line per run of failures, not one per request: the metric counts the rest.
             log.warning(
                 "upstream %s: cannot get an ECR token (%s); clients get the registry's 401 until it works, "
                 "next try in %.0fs",
                 registry,
                 why,
-                failing.backoff,
+                backoff,
             )
-            return
-        failing.tries += 1
-        failing.backoff = min(failing.backoff * 2, BACKOFF_MAX)
-        failing.retry_at = now + failing.backoff
-        log.debug("upstream %s: still no ECR token (%s), next try in %.0fs", registry, why, failing.backoff)
+        else:
+            log.debug("upstream %s: still no ECR token (%s), next try in %.0fs", registry, why, backoff)

@@ -1,6 +1,6 @@
 """The circuit breaker that keeps lookups from waiting on a failing S3, on a clock of our own."""
 
-from regcache.storage.breaker import CircuitBreaker
+from regcache.breaker import CircuitBreaker
 
 
 class Clock:

@@ -1,7 +1,8 @@
 """A circuit breaker: after a failure, report the peer down for a backoff that doubles with each
 failure in a row (up to a cap), so callers skip it at once instead of each waiting for a timeout.
 
-The S3 tier keeps one for the bucket; the replicator keeps one per upload lane to pace its retries.
+The S3 tier keeps one for the bucket; the replicator keeps one per upload lane to pace its retries;
+ECR's token source keeps one per account and region.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ class CircuitBreaker:
         self._backoff = first
         self._down_until = 0.0
         self.failing = False
+        self.failures = 0  # in a row
 
     @property
     def available(self) -> bool:
@@ -38,11 +40,13 @@ class CircuitBreaker:
         self._down_until = self._clock() + backoff
         self._backoff = min(backoff * 2, self._most)
         self.failing = True
+        self.failures += 1
         return backoff
 
     def succeeded(self) -> bool:
         """Close the breaker; True when that ends a run of failures (worth one log line)."""
         recovered = self.failing
         self.failing = False
+        self.failures = 0
         self._backoff = self._first
         return recovered
