@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-from regcache.commands.common import Tiers, add_json_flag, command_parser, open_tiers, run_command
+from regcache.commands.common import Tiers, command_parser, open_tiers, run_command
 from regcache.commands.inventory import Inventory, blob_registries, scan
 from regcache.commands.output import human_size, print_json, table
 from regcache.config import Settings
@@ -25,7 +25,6 @@ UNREFERENCED = "(unreferenced)"
 
 def main(argv: list[str]) -> int:
     parser = command_parser("du", "Bytes and objects in the cache, by tier and by registry.")
-    add_json_flag(parser)
     return run_command("du", parser, argv, _du)
 
 

@@ -17,7 +17,7 @@ import re
 import time
 from dataclasses import dataclass
 
-from regcache.commands.common import CommandError, add_json_flag, command_parser, open_tiers, run_command
+from regcache.commands.common import CommandError, command_parser, open_tiers, run_command
 from regcache.commands.inventory import LEVEL, Inventory, Item, scan
 from regcache.commands.output import ago, count, human_size, iso, print_json, short_digest, span, table
 from regcache.commands.removal import Outcome, remove
@@ -31,7 +31,6 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--older-than", metavar="DURATION", help="remove what was not used for this long (30d, 12h)")
     parser.add_argument("--max-size", metavar="SIZE", help="then remove least recently used until under (50G)")
     parser.add_argument("--dry-run", action="store_true", help="show what would go, remove nothing")
-    add_json_flag(parser)
     return run_command("prune", parser, argv, _prune)
 
 
@@ -83,11 +82,8 @@ def parse_age(text: str) -> float:
 async def _prune(args: argparse.Namespace, settings: Settings) -> int:
     if args.older_than is None and args.max_size is None:
         raise CommandError("say what to remove: --older-than DURATION and/or --max-size SIZE")
-    try:
-        older_than = parse_age(args.older_than) if args.older_than else None
-        max_size = parse_size("--max-size", args.max_size) if args.max_size else None
-    except ConfigError as exc:
-        raise CommandError(str(exc)) from None
+    older_than = parse_age(args.older_than) if args.older_than else None
+    max_size = parse_size("--max-size", args.max_size) if args.max_size else None
     now = time.time()
     async with open_tiers(settings) as tiers:
         inventory = await scan(tiers)

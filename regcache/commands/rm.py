@@ -15,7 +15,7 @@ import argparse
 import sys
 from dataclasses import dataclass
 
-from regcache.commands.common import CommandError, add_json_flag, command_parser, open_tiers, run_command
+from regcache.commands.common import CommandError, command_parser, open_tiers, run_command
 from regcache.commands.inventory import LEVEL, Inventory, Item, scan
 from regcache.commands.output import count, human_size, print_json, short_digest, table
 from regcache.commands.removal import Outcome, remove
@@ -32,7 +32,6 @@ def main(argv: list[str]) -> int:
     parser = command_parser("rm", "Forget cached tags and manifests, and the blobs only they needed.")
     parser.add_argument("reference", help=USAGE)
     parser.add_argument("--dry-run", action="store_true", help="show what would go, remove nothing")
-    add_json_flag(parser)
     return run_command("rm", parser, argv, _rm)
 
 
