@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 from regcache.commands.common import CommandError, command_parser, open_tiers, run_command
 from regcache.commands.inventory import LEVEL, Inventory, Item, scan
-from regcache.commands.output import ago, count, human_size, iso, print_json, short_digest, span, table
-from regcache.commands.removal import Outcome, remove
+from regcache.commands.output import ago, human_size, iso, print_json, span, table
+from regcache.commands.removal import Outcome, item_json, item_name, remove
 from regcache.config import Settings, parse_duration, parse_size
 from regcache.errors import ConfigError
 from regcache.storage.base import LAST_USE_RESOLUTION
@@ -111,10 +111,8 @@ async def _prune(args: argparse.Namespace, settings: Settings) -> int:
     rows += [_row("FAILED", why[i.id], now, error) for i, error in outcome.failed]
     if rows:
         print(table(["", "KIND", "NAME", "SIZE", "LAST USE", "WHY"], rows, right=[3]))
-    kinds = ", ".join(count(sum(1 for i in outcome.removed if i.kind == k), k) for k in ("tag", "manifest", "blob"))
     print(
-        f"{'Would free' if args.dry_run else 'Freed'} {human_size(outcome.freed)} ({kinds}); "
-        f"the cache {'would hold' if args.dry_run else 'holds'} {human_size(after)}"
+        f"{outcome.freed_words(args.dry_run)}; the cache {'would hold' if args.dry_run else 'holds'} {human_size(after)}"
         + (f" (limit {human_size(max_size)})" if max_size is not None else "")
         + "."
     )
@@ -125,18 +123,8 @@ async def _prune(args: argparse.Namespace, settings: Settings) -> int:
 
 def _row(verb: str, victim: Victim, now: float, note: str | None = None) -> list[str]:
     item = victim.item
-    name = item.label if item.kind == "tag" else short_digest(item.digest)
-    return [verb, item.kind, name, human_size(item.size), ago(victim.kept_until, now), note or victim.why]
+    return [verb, item.kind, item_name(item), human_size(item.size), ago(victim.kept_until, now), note or victim.why]
 
 
 def _as_json(victim: Victim) -> dict[str, object]:
-    item = victim.item
-    return {
-        "kind": item.kind,
-        "name": item.label,
-        "key": item.id,
-        "size": item.size,
-        "last_use": iso(victim.kept_until),
-        "why": victim.why,
-        "tiers": list(item.tiers),
-    }
+    return item_json(victim.item, last_use=iso(victim.kept_until), why=victim.why)
