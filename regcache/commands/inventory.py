@@ -15,7 +15,6 @@ time; `rm` removes what only the forgotten tags reached.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -87,11 +86,10 @@ class Inventory:
         """The ids of the roots and of everything they refer to, directly or not."""
         return set(self._claim([r for r in roots if r in self.items]))
 
-    def keep_times(self, now: float | None = None, resolution: float = 1.0) -> dict[str, Keep]:
+    def keep_times(self, now: float, resolution: float = 1.0) -> dict[str, Keep]:
         """Each item's keep time, the latest use of itself and of whatever refers to it (items
         pending upload count as used `now`), and its group for ordering removals within a
         `resolution` (see Keep)."""
-        now = time.time() if now is None else now
         own = {
             id: now if any(o.key in self.pending for o in item.objects) else item.last_use
             for id, item in self.items.items()

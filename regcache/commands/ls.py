@@ -36,7 +36,7 @@ async def _ls(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def listing(inventory: Inventory, prefix: str = "") -> list[Item]:
+def listing(inventory: Inventory, prefix: str) -> list[Item]:
     """Tags under the prefix, by name; then (without a prefix) the manifests no tag reaches."""
     prefix = prefix.strip().rstrip("/")
     tags = [tag for tag in inventory.of_kind("tag") if matches(tag, prefix)]

@@ -76,14 +76,14 @@ class Answer:
 class CacheClient:
     """A regcache at `via` (http:// or https://host[:port]), asked with `?ns=<registry>`."""
 
-    def __init__(self, via: str, idle_timeout: float, cancelled: threading.Event | None = None) -> None:
+    def __init__(self, via: str, idle_timeout: float, cancelled: threading.Event) -> None:
         parts = urllib.parse.urlsplit(via)
         self.via = via
         self._https = parts.scheme == "https"
         self._host = parts.hostname or "127.0.0.1"
         self._port = parts.port or (443 if self._https else 80)
         self._timeout = idle_timeout
-        self._cancelled = cancelled or threading.Event()
+        self._cancelled = cancelled
         self._tokens: dict[tuple[str, str], str] = {}  # (registry, repo) → Authorization
         self._tokens_lock = threading.Lock()
 
