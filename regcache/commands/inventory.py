@@ -158,12 +158,10 @@ async def scan(tiers: Tiers) -> Inventory:
 
     items: dict[str, Item] = {}
     strays: list[Stored] = []
-    manifest_keys = [k for k in stored if content_digest(k, "manifests")]
-    bodies = await _read_all(tiers, manifest_keys)
-    metas = await _read_all(tiers, [k + ".json" for k in manifest_keys if k + ".json" in stored])
-    for key in manifest_keys:
-        digest = content_digest(key, "manifests")
-        assert digest is not None
+    manifests = {key: digest for key in stored if (digest := content_digest(key, "manifests")) is not None}
+    bodies = await _read_all(tiers, list(manifests))
+    metas = await _read_all(tiers, [k + ".json" for k in manifests if k + ".json" in stored])
+    for key, digest in manifests.items():
         body = bodies.get(key)
         refs: References = references(body) if body is not None else UNREADABLE
         meta = json_object(metas.get(key + ".json"))
@@ -172,12 +170,9 @@ async def scan(tiers: Tiers) -> Inventory:
         media_type = str(meta.get("media_type") or OCTET_STREAM) if meta else OCTET_STREAM
         items[key] = Item("manifest", key, objects, str(digest), tuple(children), digest=digest, media_type=media_type)
 
-    tag_keys = [k for k in stored if tag_parts(k) is not None]
-    pointers = await _read_all(tiers, tag_keys)
-    for key in tag_keys:
-        parts = tag_parts(key)
-        assert parts is not None
-        registry, repo, tag = parts
+    tags = {key: parts for key in stored if (parts := tag_parts(key)) is not None}
+    pointers = await _read_all(tiers, list(tags))
+    for key, (registry, repo, tag) in tags.items():
         pointer = json_object(pointers.get(key)) or {}
         digest = _digest(pointer.get("digest"))
         refers = (manifest_key(digest),) if digest is not None else ()

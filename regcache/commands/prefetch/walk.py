@@ -171,14 +171,13 @@ class Prefetcher:
         if kind in mediatypes.INDEX_TYPES or (isinstance(document.get("manifests"), list) and kind == ""):
             entries = document.get("manifests") or []
             chosen, missing = self._select(entries)
+            missing_words = []
             if missing:
                 offered = sorted({str(p) for p in map(Platform.of_descriptor, entries) if p is not None})
                 shown = ", ".join(str(p) for p in missing)
-                missing_words = [
+                missing_words.append(
                     f"its index has no {shown} (only {', '.join(offered) or 'entries without a platform'})"
-                ]
-            else:
-                missing_words = []
+                )
             for entry in chosen:
                 platform = Platform.of_descriptor(entry)
                 if top and platform is not None:
