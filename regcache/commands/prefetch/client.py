@@ -39,11 +39,6 @@ class PrefetchError(Exception):
     """Why one image (or the whole run) could not be prefetched, in words for the operator."""
 
 
-class Cancelled(PrefetchError):
-    def __init__(self) -> None:
-        super().__init__("interrupted")
-
-
 @dataclass(frozen=True)
 class Answer:
     """The cache's answer: status, headers, the body's first `keep` bytes and how many arrived."""
@@ -168,7 +163,7 @@ class CacheClient:
         on_received: Callable[[int], None] | None,
     ) -> Answer:
         if self._cancelled.is_set():
-            raise Cancelled()
+            raise PrefetchError("interrupted")
         query = f"?ns={urllib.parse.quote(registry, safe=':[]')}" if registry else ""
         connection_class = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
         connection = connection_class(self._host, self._port, timeout=self._timeout)
@@ -189,7 +184,7 @@ class CacheClient:
                 if len(body) < limit:
                     body += chunk[: limit - len(body)]
                 if self._cancelled.is_set():
-                    raise Cancelled()
+                    raise PrefetchError("interrupted")
             return Answer(response.status, response.headers, bytes(body), received)
         except TimeoutError:
             raise PrefetchError(f"the cache at {self.via} sent nothing for {self._timeout:g}s") from None
