@@ -41,10 +41,6 @@ def command_parser(name: str, description: str) -> configargparse.ArgumentParser
     return build_parser(prog=f"regcache {name}", description=description, shown=STORAGE_OPTIONS)
 
 
-def add_json_flag(parser: configargparse.ArgumentParser) -> None:
-    parser.add_argument("--json", action="store_true", help="print JSON for scripts instead of a table")
-
-
 @dataclass
 class Tiers:
     """The tiers a command works on, in lookup order: the local disk, then the bucket."""
@@ -67,17 +63,15 @@ class Tiers:
 
 @asynccontextmanager
 async def open_tiers(settings: Settings) -> AsyncIterator[Tiers]:
-    """The configured tiers, checked: a missing cache dir or an unusable bucket is a CommandError."""
+    """The configured tiers, checked: a missing cache dir is a CommandError, an unusable bucket a
+    ConfigError."""
     root = settings.cache_dir
     if not root.is_dir():
         raise CommandError(f"--cache-dir {root}: no such directory (is this the cache dir the server uses?)")
     disk = DiskTier(root, record_use=False)
     shared = None
     if settings.bucket is not None:
-        try:
-            shared = await S3Tier.open_checked(settings.bucket, settings.s3_prefix)
-        except ConfigError as exc:
-            raise CommandError(str(exc)) from None
+        shared = await S3Tier.open_checked(settings.bucket, settings.s3_prefix)
     try:
         yield Tiers(disk, shared, pending_uploads(root) if shared is not None else frozenset())
     finally:
@@ -90,8 +84,10 @@ CommandBody = Callable[[argparse.Namespace, Settings], Awaitable[int]]
 
 
 def run_command(name: str, parser: configargparse.ArgumentParser, argv: list[str], body: CommandBody) -> int:
-    """Parse and check the options, run `body`; every failure an operator can cause or fix
-    (options, references, the cache dir, the bucket) ends as one line and exit code 2."""
+    """Parse and check the options (every command takes --json, after its own), run `body`; every
+    failure an operator can cause or fix (options, references, the cache dir, the bucket) ends as
+    one line and exit code 2."""
+    parser.add_argument("--json", action="store_true", help="print JSON for scripts instead of a table")
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_namespace(args)
@@ -105,7 +101,7 @@ def run_command(name: str, parser: configargparse.ArgumentParser, argv: list[str
     )
     try:
         return asyncio.run(body(args, settings))
-    except CommandError as exc:
+    except (CommandError, ConfigError) as exc:
         print(f"regcache {name}: error: {exc}", file=sys.stderr)
         return 2
     except TierUnavailable as exc:

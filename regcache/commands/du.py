@@ -12,10 +12,11 @@ what an `rm` or an expired tag left; `prune` takes them first when they are old)
 from __future__ import annotations
 
 import argparse
+from collections import Counter
 from dataclasses import dataclass
 
-from regcache.commands.common import Tiers, add_json_flag, command_parser, open_tiers, run_command
-from regcache.commands.inventory import Inventory, blob_registries, scan
+from regcache.commands.common import Tiers, command_parser, open_tiers, run_command
+from regcache.commands.inventory import Inventory, scan
 from regcache.commands.output import human_size, print_json, table
 from regcache.config import Settings
 
@@ -25,7 +26,6 @@ UNREFERENCED = "(unreferenced)"
 
 def main(argv: list[str]) -> int:
     parser = command_parser("du", "Bytes and objects in the cache, by tier and by registry.")
-    add_json_flag(parser)
     return run_command("du", parser, argv, _du)
 
 
@@ -91,9 +91,6 @@ def tier_usage(inventory: Inventory, tiers: Tiers) -> list[tuple[str, str, int, 
 
 def registry_usage(inventory: Inventory) -> list[Usage]:
     """One row per registry, then what no tag reaches and what no manifest names."""
-    owners = blob_registries(inventory)
-    rows: dict[str, Usage] = {}
-    reached: set[str] = set()
     by_registry: dict[str, set[str]] = {}
     for tag in inventory.of_kind("tag"):
         assert tag.registry is not None
@@ -101,19 +98,23 @@ def registry_usage(inventory: Inventory) -> list[Usage]:
     for blob in inventory.of_kind("blob"):
         if blob.registry is not None:
             by_registry.setdefault(blob.registry, set()).add(blob.id)
+    # How many registries reach each item: a blob that more than one reaches is SHARED.
+    registries = Counter(id for ids in by_registry.values() for id in ids)
+    rows: dict[str, Usage] = {}
+    reached: set[str] = set()
     for registry, ids in sorted(by_registry.items()):
-        rows[registry] = _count(inventory, registry, ids, owners)
+        rows[registry] = _count(inventory, registry, ids, registries)
         reached |= ids
     untagged_roots = [m.id for m in inventory.of_kind("manifest") if m.id not in reached]
     untagged = inventory.reachable(untagged_roots) - reached
-    rows[UNTAGGED] = _count(inventory, UNTAGGED, untagged, owners)
+    rows[UNTAGGED] = _count(inventory, UNTAGGED, untagged, registries)
     reached |= untagged
     unreferenced = {id for id, item in inventory.items.items() if id not in reached}
-    rows[UNREFERENCED] = _count(inventory, UNREFERENCED, unreferenced, owners)
+    rows[UNREFERENCED] = _count(inventory, UNREFERENCED, unreferenced, registries)
     return list(rows.values())
 
 
-def _count(inventory: Inventory, name: str, ids: set[str], owners: dict[str, set[str]]) -> Usage:
+def _count(inventory: Inventory, name: str, ids: set[str], registries: Counter[str]) -> Usage:
     usage = Usage(name)
     for id in ids:
         item = inventory.items[id]
@@ -124,6 +125,6 @@ def _count(inventory: Inventory, name: str, ids: set[str], owners: dict[str, set
             usage.manifests += 1
         else:
             usage.blobs += 1
-            if len(owners.get(id, ())) > 1:
+            if registries[id] > 1:
                 usage.shared += item.size
     return usage

@@ -15,7 +15,6 @@ time; `rm` removes what only the forgotten tags reached.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -85,21 +84,12 @@ class Inventory:
 
     def reachable(self, roots: Iterable[str]) -> set[str]:
         """The ids of the roots and of everything they refer to, directly or not."""
-        seen: set[str] = set()
-        stack = [r for r in roots if r in self.items]
-        while stack:
-            current = stack.pop()
-            if current in seen:
-                continue
-            seen.add(current)
-            stack.extend(r for r in self.items[current].refers_to if r in self.items and r not in seen)
-        return seen
+        return set(self._claim([r for r in roots if r in self.items]))
 
-    def keep_times(self, now: float | None = None, resolution: float = 1.0) -> dict[str, Keep]:
+    def keep_times(self, now: float, resolution: float = 1.0) -> dict[str, Keep]:
         """Each item's keep time, the latest use of itself and of whatever refers to it (items
         pending upload count as used `now`), and its group for ordering removals within a
         `resolution` (see Keep)."""
-        now = time.time() if now is None else now
         own = {
             id: now if any(o.key in self.pending for o in item.objects) else item.last_use
             for id, item in self.items.items()
@@ -165,16 +155,13 @@ async def scan(tiers: Tiers) -> Inventory:
             async for info in tier.entries(prefix):
                 listed.setdefault(info.key, []).append((tier.name, info))
     stored = {key: _merged(key, found) for key, found in listed.items()}
-    reader = _Reader(tiers)
 
     items: dict[str, Item] = {}
     strays: list[Stored] = []
-    manifest_keys = [k for k in stored if content_digest(k, "manifests")]
-    bodies = await reader.read_all(manifest_keys)
-    metas = await reader.read_all([k + ".json" for k in manifest_keys if k + ".json" in stored])
-    for key in manifest_keys:
-        digest = content_digest(key, "manifests")
-        assert digest is not None
+    manifests = {key: digest for key in stored if (digest := content_digest(key, "manifests")) is not None}
+    bodies = await _read_all(tiers, list(manifests))
+    metas = await _read_all(tiers, [k + ".json" for k in manifests if k + ".json" in stored])
+    for key, digest in manifests.items():
         body = bodies.get(key)
         refs: References = references(body) if body is not None else UNREADABLE
         meta = json_object(metas.get(key + ".json"))
@@ -183,12 +170,9 @@ async def scan(tiers: Tiers) -> Inventory:
         media_type = str(meta.get("media_type") or OCTET_STREAM) if meta else OCTET_STREAM
         items[key] = Item("manifest", key, objects, str(digest), tuple(children), digest=digest, media_type=media_type)
 
-    tag_keys = [k for k in stored if tag_parts(k) is not None]
-    pointers = await reader.read_all(tag_keys)
-    for key in tag_keys:
-        parts = tag_parts(key)
-        assert parts is not None
-        registry, repo, tag = parts
+    tags = {key: parts for key in stored if (parts := tag_parts(key)) is not None}
+    pointers = await _read_all(tiers, list(tags))
+    for key, (registry, repo, tag) in tags.items():
         pointer = json_object(pointers.get(key)) or {}
         digest = _digest(pointer.get("digest"))
         refers = (manifest_key(digest),) if digest is not None else ()
@@ -222,24 +206,20 @@ def _merged(key: str, found: list[tuple[str, ObjectInfo]]) -> Stored:
     )
 
 
-class _Reader:
+async def _read_all(tiers: Tiers, keys: list[str]) -> dict[str, bytes]:
     """Small objects read from the first tier that has them, a few at once (S3 round trips)."""
+    slots = asyncio.Semaphore(_READS_AT_ONCE)
 
-    def __init__(self, tiers: Tiers) -> None:
-        self._tiers = tiers.all
-        self._slots = asyncio.Semaphore(_READS_AT_ONCE)
-
-    async def read(self, key: str) -> bytes | None:
-        async with self._slots:
-            for tier in self._tiers:
+    async def read(key: str) -> bytes | None:
+        async with slots:
+            for tier in tiers.all:
                 data = await tier.read_small(key)
                 if data is not None:
                     return data
         return None
 
-    async def read_all(self, keys: list[str]) -> dict[str, bytes]:
-        found = await asyncio.gather(*(self.read(key) for key in keys))
-        return {key: data for key, data in zip(keys, found, strict=True) if data is not None}
+    found = await asyncio.gather(*(read(key) for key in keys))
+    return {key: data for key, data in zip(keys, found, strict=True) if data is not None}
 
 
 def _digest(text: object) -> Digest | None:
@@ -247,17 +227,3 @@ def _digest(text: object) -> Digest | None:
         return Digest.parse(str(text))
     except BadRequest:
         return None
-
-
-def blob_registries(inventory: Inventory) -> dict[str, set[str]]:
-    """For each blob, the registries whose tags reach it (a private blob: its own registry)."""
-    owners: dict[str, set[str]] = {}
-    for tag in inventory.of_kind("tag"):
-        assert tag.registry is not None
-        for id in inventory.reachable([tag.id]):
-            if inventory.items[id].kind == "blob":
-                owners.setdefault(id, set()).add(tag.registry)
-    for blob in inventory.of_kind("blob"):
-        if blob.registry is not None:
-            owners.setdefault(blob.id, set()).add(blob.registry)
-    return owners

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from regcache.commands.common import Tiers, add_json_flag, command_parser, open_tiers, run_command
+from regcache.commands.common import Tiers, command_parser, open_tiers, run_command
 from regcache.commands.inventory import Inventory, Item, scan
 from regcache.commands.output import ago, count, human_size, iso, print_json, short_digest, table
 from regcache.config import Settings
@@ -22,7 +22,6 @@ def main(argv: list[str]) -> int:
         "prefix", nargs="?", default="", help="only <registry>[/<repository prefix>], e.g. docker.io/library"
     )
     parser.add_argument("--no-trunc", action="store_true", help="show whole digests")
-    add_json_flag(parser)
     return run_command("ls", parser, argv, _ls)
 
 
@@ -37,7 +36,7 @@ async def _ls(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def listing(inventory: Inventory, prefix: str = "") -> list[Item]:
+def listing(inventory: Inventory, prefix: str) -> list[Item]:
     """Tags under the prefix, by name; then (without a prefix) the manifests no tag reaches."""
     prefix = prefix.strip().rstrip("/")
     tags = [tag for tag in inventory.of_kind("tag") if matches(tag, prefix)]

@@ -32,15 +32,13 @@ def span(seconds: float) -> str:
     return f"{int(max(0.0, seconds))}s"
 
 
-def ago(when: float | None, now: float | None = None) -> str:
-    if when is None:
-        return "-"
-    return span((time.time() if now is None else now) - when) + " ago"
+def ago(when: float, now: float) -> str:
+    return span(now - when) + " ago"
 
 
-def iso(when: float | None) -> str | None:
+def iso(when: float) -> str:
     """UTC, to the second, for JSON: 2026-12-02T14:00:00Z."""
-    return None if when is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))
 
 
 def short_digest(digest: Digest | str | None, full: bool = False) -> str:

@@ -17,10 +17,10 @@ import re
 import time
 from dataclasses import dataclass
 
-from regcache.commands.common import CommandError, add_json_flag, command_parser, open_tiers, run_command
+from regcache.commands.common import CommandError, command_parser, open_tiers, run_command
 from regcache.commands.inventory import LEVEL, Inventory, Item, scan
-from regcache.commands.output import ago, count, human_size, iso, print_json, short_digest, span, table
-from regcache.commands.removal import Outcome, remove
+from regcache.commands.output import ago, human_size, iso, print_json, span, table
+from regcache.commands.removal import Outcome, item_json, item_name, remove
 from regcache.config import Settings, parse_duration, parse_size
 from regcache.errors import ConfigError
 from regcache.storage.base import LAST_USE_RESOLUTION
@@ -31,7 +31,6 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--older-than", metavar="DURATION", help="remove what was not used for this long (30d, 12h)")
     parser.add_argument("--max-size", metavar="SIZE", help="then remove least recently used until under (50G)")
     parser.add_argument("--dry-run", action="store_true", help="show what would go, remove nothing")
-    add_json_flag(parser)
     return run_command("prune", parser, argv, _prune)
 
 
@@ -83,11 +82,8 @@ def parse_age(text: str) -> float:
 async def _prune(args: argparse.Namespace, settings: Settings) -> int:
     if args.older_than is None and args.max_size is None:
         raise CommandError("say what to remove: --older-than DURATION and/or --max-size SIZE")
-    try:
-        older_than = parse_age(args.older_than) if args.older_than else None
-        max_size = parse_size("--max-size", args.max_size) if args.max_size else None
-    except ConfigError as exc:
-        raise CommandError(str(exc)) from None
+    older_than = parse_age(args.older_than) if args.older_than else None
+    max_size = parse_size("--max-size", args.max_size) if args.max_size else None
     now = time.time()
     async with open_tiers(settings) as tiers:
         inventory = await scan(tiers)
@@ -115,10 +111,8 @@ async def _prune(args: argparse.Namespace, settings: Settings) -> int:
     rows += [_row("FAILED", why[i.id], now, error) for i, error in outcome.failed]
     if rows:
         print(table(["", "KIND", "NAME", "SIZE", "LAST USE", "WHY"], rows, right=[3]))
-    kinds = ", ".join(count(sum(1 for i in outcome.removed if i.kind == k), k) for k in ("tag", "manifest", "blob"))
     print(
-        f"{'Would free' if args.dry_run else 'Freed'} {human_size(outcome.freed)} ({kinds}); "
-        f"the cache {'would hold' if args.dry_run else 'holds'} {human_size(after)}"
+        f"{outcome.freed_words(args.dry_run)}; the cache {'would hold' if args.dry_run else 'holds'} {human_size(after)}"
         + (f" (limit {human_size(max_size)})" if max_size is not None else "")
         + "."
     )
@@ -129,18 +123,8 @@ async def _prune(args: argparse.Namespace, settings: Settings) -> int:
 
 def _row(verb: str, victim: Victim, now: float, note: str | None = None) -> list[str]:
     item = victim.item
-    name = item.label if item.kind == "tag" else short_digest(item.digest)
-    return [verb, item.kind, name, human_size(item.size), ago(victim.kept_until, now), note or victim.why]
+    return [verb, item.kind, item_name(item), human_size(item.size), ago(victim.kept_until, now), note or victim.why]
 
 
 def _as_json(victim: Victim) -> dict[str, object]:
-    item = victim.item
-    return {
-        "kind": item.kind,
-        "name": item.label,
-        "key": item.id,
-        "size": item.size,
-        "last_use": iso(victim.kept_until),
-        "why": victim.why,
-        "tiers": list(item.tiers),
-    }
+    return item_json(victim.item, last_use=iso(victim.kept_until), why=victim.why)

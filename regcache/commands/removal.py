@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from regcache.commands.common import Tiers
 from regcache.commands.inventory import LEVEL, Inventory, Item
+from regcache.commands.output import count, human_size, short_digest
 from regcache.storage.base import TierUnavailable
 
 # A refreshed mtime is at least this much later than the listed one (filesystem timestamps of a
@@ -30,6 +31,28 @@ class Outcome:
     @property
     def freed(self) -> int:
         return sum(item.size for item in self.removed)
+
+    def freed_words(self, dry_run: bool) -> str:
+        """Freed 1.2 GiB (1 tag, 2 manifests, 9 blobs)."""
+        kinds = ", ".join(count(sum(1 for i in self.removed if i.kind == k), k) for k in ("tag", "manifest", "blob"))
+        return f"{'Would free' if dry_run else 'Freed'} {human_size(self.freed)} ({kinds})"
+
+
+def item_name(item: Item) -> str:
+    """What the table shows: a tag's name, the short digest of anything else."""
+    return item.label if item.kind == "tag" else short_digest(item.digest)
+
+
+def item_json(item: Item, **extra: object) -> dict[str, object]:
+    """What --json says of an item; `extra` comes before its tiers."""
+    return {
+        "kind": item.kind,
+        "name": item.label,
+        "key": item.id,
+        "size": item.size,
+        **extra,
+        "tiers": list(item.tiers),
+    }
 
 
 async def remove(tiers: Tiers, inventory: Inventory, items: list[Item], unless_used_since: bool) -> Outcome:

@@ -15,10 +15,10 @@ import argparse
 import sys
 from dataclasses import dataclass
 
-from regcache.commands.common import CommandError, add_json_flag, command_parser, open_tiers, run_command
+from regcache.commands.common import CommandError, command_parser, open_tiers, run_command
 from regcache.commands.inventory import LEVEL, Inventory, Item, scan
-from regcache.commands.output import count, human_size, print_json, short_digest, table
-from regcache.commands.removal import Outcome, remove
+from regcache.commands.output import human_size, print_json, table
+from regcache.commands.removal import Outcome, item_json, item_name, remove
 from regcache.config import Settings
 from regcache.errors import BadRequest
 from regcache.oci.digest import Digest
@@ -32,7 +32,6 @@ def main(argv: list[str]) -> int:
     parser = command_parser("rm", "Forget cached tags and manifests, and the blobs only they needed.")
     parser.add_argument("reference", help=USAGE)
     parser.add_argument("--dry-run", action="store_true", help="show what would go, remove nothing")
-    add_json_flag(parser)
     return run_command("rm", parser, argv, _rm)
 
 
@@ -112,28 +111,20 @@ async def _rm(args: argparse.Namespace, settings: Settings) -> int:
         print_json(
             {
                 "dry_run": args.dry_run,
-                "removed": [_as_json(item) for item in outcome.removed],
-                "kept": [{**_as_json(item), "needed_by": users} for item, users in kept],
-                "failed": [{**_as_json(item), "error": why} for item, why in outcome.failed],
+                "removed": [item_json(item) for item in outcome.removed],
+                "kept": [{**item_json(item), "needed_by": users} for item, users in kept],
+                "failed": [{**item_json(item), "error": why} for item, why in outcome.failed],
                 "freed": outcome.freed,
             }
         )
         return 1 if outcome.failed else 0
     verb = "would remove" if args.dry_run else "removed"
-    rows = [[verb, item.kind, _name(item), human_size(item.size)] for item in outcome.removed]
+    rows = [[verb, item.kind, item_name(item), human_size(item.size)] for item in outcome.removed]
     rows += [
-        ["kept", item.kind, _name(item), f"needed by {', '.join(users) or 'a kept manifest'}"] for item, users in kept
+        ["kept", item.kind, item_name(item), f"needed by {', '.join(users) or 'a kept manifest'}"]
+        for item, users in kept
     ]
-    rows += [["FAILED", item.kind, _name(item), why] for item, why in outcome.failed]
+    rows += [["FAILED", item.kind, item_name(item), why] for item, why in outcome.failed]
     print(table(["", "KIND", "NAME", "SIZE"], rows))
-    counts = ", ".join(count(sum(1 for i in outcome.removed if i.kind == k), k) for k in ("tag", "manifest", "blob"))
-    print(f"{'Would free' if args.dry_run else 'Freed'} {human_size(outcome.freed)} ({counts}).")
+    print(outcome.freed_words(args.dry_run) + ".")
     return 1 if outcome.failed else 0
-
-
-def _name(item: Item) -> str:
-    return item.label if item.kind == "tag" else short_digest(item.digest)
-
-
-def _as_json(item: Item) -> dict[str, object]:
-    return {"kind": item.kind, "name": item.label, "key": item.id, "size": item.size, "tiers": list(item.tiers)}

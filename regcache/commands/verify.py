@@ -13,7 +13,7 @@ import asyncio
 import hashlib
 from dataclasses import dataclass
 
-from regcache.commands.common import add_json_flag, command_parser, open_tiers, run_command
+from regcache.commands.common import command_parser, open_tiers, run_command
 from regcache.commands.inventory import content_digest
 from regcache.commands.output import human_size, print_json
 from regcache.config import Settings
@@ -29,7 +29,6 @@ def main(argv: list[str]) -> int:
     )
     parser.add_argument("--delete", action="store_true", help="remove each object that does not match its digest")
     parser.add_argument("--tier", choices=("disk", "s3"), help="check only this tier (default: every tier)")
-    add_json_flag(parser)
     return run_command("verify", parser, argv, _verify)
 
 

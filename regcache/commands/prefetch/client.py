@@ -39,11 +39,6 @@ class PrefetchError(Exception):
     """Why one image (or the whole run) could not be prefetched, in words for the operator."""
 
 
-class Cancelled(PrefetchError):
-    def __init__(self) -> None:
-        super().__init__("interrupted")
-
-
 @dataclass(frozen=True)
 class Answer:
     """The cache's answer: status, headers, the body's first `keep` bytes and how many arrived."""
@@ -76,14 +71,14 @@ class Answer:
 class CacheClient:
     """A regcache at `via` (http:// or https://host[:port]), asked with `?ns=<registry>`."""
 
-    def __init__(self, via: str, idle_timeout: float, cancelled: threading.Event | None = None) -> None:
+    def __init__(self, via: str, idle_timeout: float, cancelled: threading.Event) -> None:
         parts = urllib.parse.urlsplit(via)
         self.via = via
         self._https = parts.scheme == "https"
         self._host = parts.hostname or "127.0.0.1"
         self._port = parts.port or (443 if self._https else 80)
         self._timeout = idle_timeout
-        self._cancelled = cancelled or threading.Event()
+        self._cancelled = cancelled
         self._tokens: dict[tuple[str, str], str] = {}  # (registry, repo) → Authorization
         self._tokens_lock = threading.Lock()
 
@@ -168,7 +163,7 @@ class CacheClient:
         on_received: Callable[[int], None] | None,
     ) -> Answer:
         if self._cancelled.is_set():
-            raise Cancelled()
+            raise PrefetchError("interrupted")
         query = f"?ns={urllib.parse.quote(registry, safe=':[]')}" if registry else ""
         connection_class = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
         connection = connection_class(self._host, self._port, timeout=self._timeout)
@@ -189,7 +184,7 @@ class CacheClient:
                 if len(body) < limit:
                     body += chunk[: limit - len(body)]
                 if self._cancelled.is_set():
-                    raise Cancelled()
+                    raise PrefetchError("interrupted")
             return Answer(response.status, response.headers, bytes(body), received)
         except TimeoutError:
             raise PrefetchError(f"the cache at {self.via} sent nothing for {self._timeout:g}s") from None

@@ -7,18 +7,8 @@ import shutil
 from collections.abc import Sequence
 from typing import TextIO
 
+from regcache.commands.output import human_size, table
 from regcache.commands.prefetch.walk import BlobState, ImageState
-
-_UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
-
-
-def human_size(count: int) -> str:
-    size = float(count)
-    for unit in _UNITS:
-        if size < 1024 or unit == _UNITS[-1]:
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")
 
 
 def progress_line(state: ImageState) -> str:
@@ -95,7 +85,7 @@ class Progress:
 
 def summary_table(states: Sequence[ImageState]) -> str:
     """The table printed at the end, then one line per failure with its reason."""
-    rows = [("IMAGE", "PLATFORMS", "BLOBS", "SIZE", "CACHED BEFORE", "FETCHED NOW", "RESULT")]
+    rows = []
     for state in states:
         blobs = list(state.blobs.values())
         said = any(blob.cache is not None for blob in blobs)
@@ -111,12 +101,8 @@ def summary_table(states: Sequence[ImageState]) -> str:
                 "ok" if state.phase == "done" else "FAILED",
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    right = {2, 3, 4, 5}  # numbers
-    lines = [
-        "  ".join(cell.rjust(widths[i]) if i in right else cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip()
-        for row in rows
-    ]
+    headers = ("IMAGE", "PLATFORMS", "BLOBS", "SIZE", "CACHED BEFORE", "FETCHED NOW", "RESULT")
+    lines = [table(headers, rows, right=[2, 3, 4, 5])]  # numbers right
     for state in states:
         if state.phase == "failed":
             lines.append(f"FAILED {state.reference}: {state.error}")

@@ -103,10 +103,15 @@ class Prefetcher:
         digest, media_type = self._resolve(state)
         state.digest = digest
         state.phase = "manifests"
-        pending: list[tuple[BlobState, Future[None]]] = []
+        pending: list[Future[None]] = []
         missing = self._walk(state, digest, media_type, pending, top=True)
         state.phase = "blobs"
-        errors = [error for error in (self._wait(state, blob, fetch) for blob, fetch in pending) if error]
+        errors = []
+        for fetch in pending:
+            try:
+                fetch.result()
+            except PrefetchError as exc:
+                errors.append(str(exc))
         if not state.platforms:
             platform = _config_platform(state)
             state.platforms = [platform] if platform else []
@@ -146,7 +151,7 @@ class Prefetcher:
         state: ImageState,
         digest: str,
         media_type: str,
-        pending: list[tuple[BlobState, Future[None]]],
+        pending: list[Future[None]],
         top: bool = False,
     ) -> list[str]:
         """Fetch a manifest by digest and what it names; what is missing (a platform asked for
@@ -166,14 +171,13 @@ class Prefetcher:
         if kind in mediatypes.INDEX_TYPES or (isinstance(document.get("manifests"), list) and kind == ""):
             entries = document.get("manifests") or []
             chosen, missing = self._select(entries)
+            missing_words = []
             if missing:
                 offered = sorted({str(p) for p in map(Platform.of_descriptor, entries) if p is not None})
                 shown = ", ".join(str(p) for p in missing)
-                missing_words = [
+                missing_words.append(
                     f"its index has no {shown} (only {', '.join(offered) or 'entries without a platform'})"
-                ]
-            else:
-                missing_words = []
+                )
             for entry in chosen:
                 platform = Platform.of_descriptor(entry)
                 if top and platform is not None:
@@ -206,7 +210,7 @@ class Prefetcher:
                 chosen.append(match)
         return chosen, missing
 
-    def _fetch(self, state: ImageState, descriptor: dict, keep: int = 0) -> tuple[BlobState, Future[None]]:
+    def _fetch(self, state: ImageState, descriptor: dict, keep: int = 0) -> Future[None]:
         """A blob's download, started now or already under way for another image."""
         ref = state.reference
         digest = str(descriptor.get("digest", ""))
@@ -220,7 +224,7 @@ class Prefetcher:
                 known = blob, self._pool.submit(self._drain, ref, blob, media_type, keep)
                 self._fetches[key] = known
         state.blobs.setdefault(digest, known[0])
-        return known
+        return known[1]
 
     def _drain(self, ref: ImageReference, blob: BlobState, media_type: str, keep: int) -> None:
         answer = self._client.drain_blob(ref.registry, ref.repo, blob.digest, media_type, blob.set_received, keep)
@@ -235,13 +239,6 @@ class Prefetcher:
             raise PrefetchError(f"blob {blob.digest}: got {answer.received} of {blob.size} bytes")
         blob.body = answer.body
         blob.done = True
-
-    def _wait(self, state: ImageState, blob: BlobState, fetch: Future[None]) -> str | None:
-        try:
-            fetch.result()
-        except PrefetchError as exc:
-            return str(exc)
-        return None
 
 
 def _config_platform(state: ImageState) -> str | None:
