@@ -19,7 +19,7 @@ from pathlib import Path
 from tests.peers.images import Image, Index, build_image, build_index, host_architecture, push, random_layer
 from tests.peers.net import clean_env
 from tests.peers.registry import Registry
-from tests.support import ROOT, Regcache
+from tests.support import ROOT, Regcache, wait_until
 
 MIB = 1024 * 1024
 
@@ -78,6 +78,9 @@ def pull(cache: Regcache, registry: str, repo: str, tag: str) -> list[str]:
         blob = cache.blob(registry, repo, descriptor["digest"])
         assert blob.status == 200 and len(blob.body) == descriptor["size"], blob.status
         fetched.append(descriptor["digest"])
+    # A client has the last byte once the download verified, a moment before it is committed:
+    # the commands read what is stored, so wait for that.
+    assert wait_until(lambda: cache.metrics().get("regcache_fills_in_flight") == 0)
     return fetched
 
 
