@@ -54,10 +54,8 @@ class BaseHandler(BodyWriter):
         self.tracked = False
 
     def prepare(self) -> None:
-        tracker = self.services.tracker
-        if tracker is not None:
-            tracker.started()
-            self.tracked = True
+        self.services.tracker.started()
+        self.tracked = True
         if log.isEnabledFor(logging.DEBUG):
             shown = {
                 k: ("<redacted>" if k.lower() in ("authorization", "cookie") else v)
@@ -67,9 +65,8 @@ class BaseHandler(BodyWriter):
 
     def on_finish(self) -> None:
         # Requests refused before prepare() (bad method, undecodable path) were never counted.
-        tracker = self.services.tracker
-        if tracker is not None and self.tracked:
-            tracker.finished()
+        if self.tracked:
+            self.services.tracker.finished()
         metrics.REQUESTS.labels(self.kind, self.request.method, str(self.get_status())).inc()
 
     def set_default_headers(self) -> None:
@@ -80,11 +77,7 @@ class BaseHandler(BodyWriter):
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
-        status, code, message = error_for(exc, status_code)
-        if status != status_code:
-            self.set_status(status)
-        self.set_header("Content-Type", "application/json")
-        self.finish(error_body(code, message))
+        self.fail(*error_for(exc, status_code))
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         # Expected failures are one WARNING at most (already logged where they happened).
@@ -103,10 +96,10 @@ class BaseHandler(BodyWriter):
         metrics.CACHE_RESULTS.labels(result).inc()
         self.set_header(CACHE_RESULT_HEADER, result)
 
-    def fail(self, status: int, code: str, message: str) -> None:
+    def fail(self, status: int, code: str, message: str, detail: object = None) -> None:
         self.set_status(status)
         self.set_header("Content-Type", "application/json")
-        self.finish(error_body(code, message))
+        self.finish(error_body(code, message, detail))
 
     # --- the parts of a request that matter below the web layer ---------------------------------
     def routed(self, name: str) -> Route:
@@ -122,9 +115,7 @@ class BaseHandler(BodyWriter):
         self.namespace = found.namespace
         if self.namespace is not None:
             self.set_header(NAMESPACE_HEADER, self.namespace)
-        guard = self.services.guard
-        if guard is not None:
-            guard.check_registry(found.registry)  # --allow-registry, IP literals: 403
+        self.services.guard.check_registry(found.registry)  # --allow-registry, IP literals: 403
         return found
 
     def client_context(self) -> ClientContext:
@@ -157,7 +148,6 @@ class BaseHandler(BodyWriter):
                 seen.add(name.lower())
                 self.set_header(name, value)
         if include_body:
-            self.body_bytes = len(response.body)
             metrics.SERVED_BYTES.labels(served_from).inc(len(response.body))
             self.finish(response.body)
         else:
@@ -173,9 +163,7 @@ class BaseHandler(BodyWriter):
         if retry_after:
             detail["retry_after"] = retry_after[:100]
             message += f" (Retry-After: {retry_after[:100]})"
-        self.set_status(503)
-        self.set_header("Content-Type", "application/json")
-        self.finish(error_body("UNAVAILABLE", message + "; fetch from the registry itself", detail))
+        self.fail(503, "UNAVAILABLE", message + "; fetch from the registry itself", detail)
 
 
 class PingHandler(BaseHandler):
@@ -314,18 +302,14 @@ class HealthHandler(BaseHandler):
 class ReadyHandler(BaseHandler):
     async def get(self) -> None:
         disk = self.services.disk
-        self.set_header("Content-Type", "application/json")
         trouble = self.services.health.trouble()
         if not disk.writable():
-            self.set_status(503)
-            self.finish(
-                error_body("UNAVAILABLE", f"cache dir {disk.root} is not writable; pulls pass through uncached")
-            )
+            self.fail(503, "UNAVAILABLE", f"cache dir {disk.root} is not writable; pulls pass through uncached")
         elif trouble is not None:
             # Recent failures (a full disk still takes an empty probe file): reported for a minute.
-            self.set_status(503)
-            self.finish(error_body("UNAVAILABLE", f"cache storage failing: {trouble}; pulls pass through uncached"))
+            self.fail(503, "UNAVAILABLE", f"cache storage failing: {trouble}; pulls pass through uncached")
         else:
+            self.set_header("Content-Type", "application/json")
             self.finish(b'{"status":"ready"}')
 
 
