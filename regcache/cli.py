@@ -19,7 +19,8 @@ import configargparse
 
 from regcache import __version__
 from regcache.commands import COMMANDS, run
-from regcache.config import OPTIONS, Settings, creds_file_warning
+from regcache.config import OPTIONS, Settings
+from regcache.credentials import creds_file_warning
 from regcache.errors import ConfigError
 
 log = logging.getLogger("regcache")

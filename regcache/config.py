@@ -17,10 +17,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-# Credentials and creds_file_warning are re-exported: they lived here before credentials.py.
-from regcache.credentials import Credentials as Credentials
 from regcache.credentials import CredentialStore, load_creds_file
-from regcache.credentials import creds_file_warning as creds_file_warning
 from regcache.errors import BadRequest, ConfigError
 from regcache.oci.reference import DOCKER_HUB, parse_registry
 

@@ -10,15 +10,14 @@ from regcache.cache.policy import Policy
 from regcache.cli import build_parser, settings_from_args
 from regcache.config import (
     OPTIONS,
-    Credentials,
     CredentialStore,
     Settings,
-    creds_file_warning,
     load_creds_file,
     parse_bool,
     parse_duration,
     parse_upstreams,
 )
+from regcache.credentials import Credentials, creds_file_warning
 from regcache.errors import ConfigError
 
 
