@@ -49,8 +49,6 @@ class BaseHandler(BodyWriter):
         self.idle_timeout = services.client_idle_timeout
         self.cache_result = "-"
         self.registry = "-"
-        self.body_bytes = 0
-        self.aborted = False
         self.tracked = False
 
     def prepare(self) -> None:
@@ -251,7 +249,10 @@ class BlobHandler(BaseHandler):
         """Every source answers a range alike (stored, in flight, S3, a pass-through, a HEAD):
         containerd 2.1+ fetches a layer in parallel only when `bytes=0-` gets a 206."""
         self.count(body.result)
-        self._blob_headers(body.digest)
+        self.set_header("Content-Type", mediatypes.OCTET_STREAM)
+        self.set_header("Docker-Content-Digest", str(body.digest))
+        self.set_header("Etag", f'"{body.digest}"')  # what an If-Range names
+        self.set_header("Accept-Ranges", "bytes")
         start, end = 0, body.size
         if body.size is not None:
             byte_range = self._select_range(self._wanted(body.digest), body.size)
@@ -261,12 +262,6 @@ class BlobHandler(BaseHandler):
         if body.source is None or self.request.method == "HEAD" or start == end:
             return
         await self.send_source(body.source, start, end, body.served_from)
-
-    def _blob_headers(self, digest: Digest) -> None:
-        self.set_header("Content-Type", mediatypes.OCTET_STREAM)
-        self.set_header("Docker-Content-Digest", str(digest))
-        self.set_header("Etag", f'"{digest}"')  # what an If-Range names
-        self.set_header("Accept-Ranges", "bytes")
 
     def _select_range(self, spec: RangeSpec | None, size: int) -> ByteRange | None:
         """Status and length headers for the requested range; None after a 416 was sent."""

@@ -36,7 +36,7 @@ _TCPI_BYTES_ACKED_OFFSET = 120
 
 
 class BodyWriter(RequestHandler):
-    """The sending half of a handler; `idle_timeout` and the counters are set by its subclass."""
+    """The sending half of a handler; `idle_timeout` is set by its subclass."""
 
     idle_timeout: float
     body_bytes = 0
