@@ -58,10 +58,6 @@ def build_parser(
     return parser
 
 
-# The name tests and tools import: parsed command line → validated Settings.
-settings_from_args = Settings.from_namespace
-
-
 def configure_logging(level: str) -> None:
     logging.basicConfig(
         level=getattr(logging, level.upper()),
