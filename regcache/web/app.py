@@ -109,15 +109,13 @@ async def serve(settings: Settings, ready: asyncio.Future[int] | None = None) ->
 
 async def _serve(settings: Settings, store: TieredStore, ready: asyncio.Future[int] | None) -> None:
     root = settings.cache_dir
-    disk = store.local
     upstream = UpstreamClient(settings, idle_timeout=settings.upstream_idle_timeout)
     fills = FillMap(settings.max_fills, settings.max_fill_clients)
     tracker = RequestTracker()
-    private = settings.private_registries
 
     def redirect(registry: str) -> bool:
         # Private content is served only to clients whose credentials were checked.
-        return settings.s3_redirect and registry not in private
+        return settings.s3_redirect and registry not in settings.private_registries
 
     health = StorageHealth()
     policy = Policy.from_settings(settings)
@@ -125,7 +123,7 @@ async def _serve(settings: Settings, store: TieredStore, ready: asyncio.Future[i
         blobs=BlobService(store, upstream, fills, root, health, redirect, policy),
         manifests=ManifestService(store, upstream, policy),
         lists=ListService(store, upstream, policy),
-        disk=disk,
+        disk=store.local,
         health=health,
         guard=upstream.guard,
         upstream_names=frozenset(settings.upstreams),

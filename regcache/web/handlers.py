@@ -111,8 +111,7 @@ class BaseHandler(BodyWriter):
         )
         self.registry = found.registry
         self.namespace = found.namespace
-        if self.namespace is not None:
-            self.set_header(NAMESPACE_HEADER, self.namespace)
+        self.set_default_headers()  # now with the namespace
         self.services.guard.check_registry(found.registry)  # --allow-registry, IP literals: 403
         return found
 
@@ -326,7 +325,6 @@ def log_request(handler: RequestHandler) -> None:
     """One INFO line per request: what, for which registry, how it ended, from where it came."""
     status = handler.get_status()
     duration = 1000.0 * handler.request.request_time()
-    fields = getattr(handler, "registry", "-"), getattr(handler, "cache_result", "-"), getattr(handler, "body_bytes", 0)
     if status < 500:
         # Probes and scrapes come every few seconds; they are not what an operator reads logs for.
         level = logging.DEBUG if handler.request.path in QUIET_PATHS else logging.INFO
@@ -337,10 +335,10 @@ def log_request(handler: RequestHandler) -> None:
         "%s %s ns=%s status=%d%s bytes=%d cache=%s %.1fms",
         handler.request.method,
         handler.request.path,
-        fields[0],
+        getattr(handler, "registry", "-"),
         status,
         " (aborted)" if getattr(handler, "aborted", False) else "",
-        fields[2],
-        fields[1],
+        getattr(handler, "body_bytes", 0),
+        getattr(handler, "cache_result", "-"),
         duration,
     )
