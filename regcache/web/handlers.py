@@ -15,7 +15,7 @@ from tornado.web import HTTPError, RequestHandler
 from regcache import metrics
 from regcache.cache.blobs import Body, Redirect, UpstreamAnswer
 from regcache.cache.context import ClientContext
-from regcache.cache.manifests import Manifest, upstream_unavailable
+from regcache.cache.manifests import upstream_unavailable
 from regcache.cache.ranges import ByteRange, RangeSpec, Unsatisfiable, honoured_range
 from regcache.errors import RegcacheError
 from regcache.oci import mediatypes
@@ -185,22 +185,18 @@ class ManifestHandler(BaseHandler):
         if answer.passed_through is not None:
             self.pass_through(answer.passed_through, include_body)
             return
-        assert answer.manifest is not None
-        self._send_manifest(answer.manifest, include_body, answer.result == "hit")
-
-    async def head(self, name: str, reference: str) -> None:
-        await self.get(name, reference, include_body=False)
-
-    def _send_manifest(self, manifest: Manifest, include_body: bool, hit: bool) -> None:
+        manifest = answer.manifest
+        assert manifest is not None
         self.set_header("Content-Type", manifest.media_type)
         self.set_header("Docker-Content-Digest", str(manifest.digest))
         self.set_header("Etag", f'"{manifest.digest}"')
         self.set_header("Content-Length", str(len(manifest.body)))
         if include_body:
-            self.body_bytes = len(manifest.body)
-            metrics.SERVED_BYTES.labels("disk" if hit else "upstream").inc(len(manifest.body))
-            self.write(manifest.body)
-        self.finish()
+            metrics.SERVED_BYTES.labels("disk" if answer.result == "hit" else "upstream").inc(len(manifest.body))
+        self.finish(manifest.body if include_body else None)
+
+    async def head(self, name: str, reference: str) -> None:
+        await self.get(name, reference, include_body=False)
 
 
 class BlobHandler(BaseHandler):
@@ -209,16 +205,11 @@ class BlobHandler(BaseHandler):
     async def get(self, name: str, digest: str) -> None:
         origin = self.routed(name)
         ref = parse_blob_ref(origin.registry, origin.repo, digest)
-        await self._send(
-            await self.services.blobs.get(ref, self.client_context(), self._wanted(ref.digest)), ref.digest
-        )
-
-    async def head(self, name: str, digest: str) -> None:
-        origin = self.routed(name)
-        ref = parse_blob_ref(origin.registry, origin.repo, digest)
-        await self._send(await self.services.blobs.head(ref, self.client_context()), ref.digest)
-
-    async def _send(self, answer: Body | Redirect | UpstreamAnswer, digest: Digest) -> None:
+        answer: Body | Redirect | UpstreamAnswer
+        if self.request.method == "HEAD":
+            answer = await self.services.blobs.head(ref, self.client_context())
+        else:
+            answer = await self.services.blobs.get(ref, self.client_context(), self._wanted(ref.digest))
         match answer:
             case Body():
                 try:
@@ -230,15 +221,17 @@ class BlobHandler(BaseHandler):
                 self.count("hit")
                 self.set_status(307)
                 self.set_header("Location", url)
-                self.set_header("Docker-Content-Digest", str(digest))
+                self.set_header("Docker-Content-Digest", str(ref.digest))
                 self.set_header("Content-Length", "0")
             case UpstreamAnswer(response=response):
                 self.count("skip")
                 if 200 <= response.status < 300:
                     # A HEAD answered by a CDN after a redirect may lack these; containerd needs the digest.
-                    response.headers["Docker-Content-Digest"] = str(digest)
+                    response.headers["Docker-Content-Digest"] = str(ref.digest)
                     response.headers.setdefault("Accept-Ranges", "bytes")
                 self.pass_through(response, include_body=self.request.method != "HEAD")
+
+    head = get
 
     def _wanted(self, digest: Digest) -> RangeSpec | None:
         headers = self.request.headers
