@@ -21,7 +21,6 @@ from regcache.errors import (
 _HTTP_CODES = {
     400: "UNSUPPORTED",
     404: "NAME_UNKNOWN",
-    405: "UNSUPPORTED",
     416: "RANGE_INVALID",
 }
 
