@@ -19,7 +19,8 @@ import configargparse
 
 from regcache import __version__
 from regcache.commands import COMMANDS, run
-from regcache.config import OPTIONS, Settings, creds_file_warning
+from regcache.config import OPTIONS, Settings
+from regcache.credentials import creds_file_warning
 from regcache.errors import ConfigError
 
 log = logging.getLogger("regcache")
@@ -49,24 +50,12 @@ def build_parser(
     for option in OPTIONS:
         flags = option.flags.split("/")
         help = option.help if shown is None or option.long in shown else argparse.SUPPRESS
+        value = {"type": option.type, "metavar": option.metavar, "choices": option.choices}
         if option.action == "store_true":  # a switch takes no value: no type, metavar or choices
-            parser.add_argument(*flags, action="store_true", default=option.default, help=help)
-            continue
-        parser.add_argument(
-            *flags,
-            action=option.action,
-            default=option.default,
-            type=option.type,
-            metavar=option.metavar,
-            choices=option.choices,
-            help=help,
-        )
+            value = {}
+        parser.add_argument(*flags, action=option.action, default=option.default, help=help, **value)
     parser.add_argument("-v", "--version", action="version", version=f"regcache {__version__}")
     return parser
-
-
-# The name tests and tools import: parsed command line → validated Settings.
-settings_from_args = Settings.from_namespace
 
 
 def configure_logging(level: str) -> None:

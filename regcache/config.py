@@ -17,10 +17,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-# Credentials and creds_file_warning are re-exported: they lived here before credentials.py.
-from regcache.credentials import Credentials as Credentials
 from regcache.credentials import CredentialStore, load_creds_file
-from regcache.credentials import creds_file_warning as creds_file_warning
 from regcache.errors import BadRequest, ConfigError
 from regcache.oci.reference import DOCKER_HUB, parse_registry
 
@@ -194,7 +191,7 @@ OPTIONS: tuple[Option, ...] = (
            help="key prefix for everything regcache stores in the bucket"),
     Option("--s3-redirect", False, _as_given, action="store_true",
            help="answer a blob that is only in S3 with a 307 to a presigned URL (not for private registries)"),
-    # Unset is None here; Settings.checked then bounds S3 mode.
+    # Unset is None here; Settings.from_namespace then bounds S3 mode.
     Option("--local-cache-size", None, lambda option, size: parse_size(option, size) if size else None, metavar="SIZE",
            help="bound the local tier (K/M/G/T suffix), evicting least recently used objects; "
            "default 10G with --bucket, unbounded without"),
@@ -273,19 +270,19 @@ class Settings:
 
     @classmethod
     def from_namespace(cls, args: Namespace) -> Settings:
-        """Convert and check every option before anything starts; a ConfigError names the culprit."""
-        return cls(**{option.field: option.value(getattr(args, option.dest)) for option in OPTIONS}).checked()
+        """Convert and check every option before anything starts; a ConfigError names the culprit.
 
-    def checked(self) -> Settings:
-        """Apply the rules that involve several options; S3 mode bounds the local tier unless told how."""
-        if self.bucket is None:
-            if self.s3_redirect:
+        Then the rules that involve several options; S3 mode bounds the local tier unless told how.
+        """
+        settings = cls(**{option.field: option.value(getattr(args, option.dest)) for option in OPTIONS})
+        if settings.bucket is None:
+            if settings.s3_redirect:
                 raise ConfigError("--s3-redirect: needs --bucket (it redirects to objects in the bucket)")
-            if self.s3_prefix:
+            if settings.s3_prefix:
                 raise ConfigError("--s3-prefix: needs --bucket")
-        elif self.local_cache_size is None:
-            return replace(self, local_cache_size=DEFAULT_LOCAL_CACHE_SIZE_S3)
-        return self
+        elif settings.local_cache_size is None:
+            return replace(settings, local_cache_size=DEFAULT_LOCAL_CACHE_SIZE_S3)
+        return settings
 
     def endpoint(self, registry: str) -> str:
         """The base URL of a registry's API: configured, built in, or https://<registry>."""

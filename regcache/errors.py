@@ -30,7 +30,6 @@ class UpstreamError(RegcacheError):
 
     def __init__(self, registry: str, message: str) -> None:
         super().__init__(f"upstream {registry}: {message}")
-        self.registry = registry
         self.message = message
 
 
@@ -39,9 +38,6 @@ class DigestMismatch(RegcacheError):
 
     def __init__(self, registry: str, expected: str, actual: str) -> None:
         super().__init__(f"upstream {registry}: content digest {actual} does not match {expected}")
-        self.registry = registry
-        self.expected = expected
-        self.actual = actual
 
 
 class SizeMismatch(RegcacheError):
@@ -49,9 +45,6 @@ class SizeMismatch(RegcacheError):
 
     def __init__(self, registry: str, expected: int, actual: int) -> None:
         super().__init__(f"upstream {registry}: got {actual} bytes, announced {expected}")
-        self.registry = registry
-        self.expected = expected
-        self.actual = actual
 
 
 class ManifestTooLarge(RegcacheError):
@@ -59,9 +52,6 @@ class ManifestTooLarge(RegcacheError):
 
     def __init__(self, registry: str, size: int, limit: int) -> None:
         super().__init__(f"upstream {registry}: manifest of {size} bytes exceeds {limit}")
-        self.registry = registry
-        self.size = size
-        self.limit = limit
 
 
 class ListTooLarge(RegcacheError):
@@ -69,9 +59,6 @@ class ListTooLarge(RegcacheError):
 
     def __init__(self, registry: str, kind: str, limit: int) -> None:
         super().__init__(f"upstream {registry}: {kind} answer exceeds {limit} bytes")
-        self.registry = registry
-        self.kind = kind
-        self.limit = limit
 
 
 class StorageError(RegcacheError):
@@ -93,7 +80,6 @@ class Offline(RegcacheError):
         super().__init__(
             f"regcache is offline (--offline): {registry}{_shown(path)} is not in the cache and no registry is contacted"
         )
-        self.registry = registry
         self.kind = "manifest" if "/manifests/" in path else "blob" if "/blobs/" in path else "other"
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from regcache.cli import build_parser, settings_from_args
+from regcache.cli import build_parser
 from regcache.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -176,7 +176,7 @@ def regcache_settings(objects: list[dict], tmp_path: Path, monkeypatch: pytest.M
     for env in main.get("env", []):
         if env["name"].startswith("REGCACHE_"):
             monkeypatch.setenv(env["name"], env["value"])
-    return settings_from_args(build_parser().parse_args(args))
+    return Settings.from_namespace(build_parser().parse_args(args))
 
 
 def kubernetes_validate():

@@ -33,7 +33,7 @@ from prometheus_client.metrics import MetricWrapperBase
 
 import regcache
 from regcache import metrics
-from regcache.cli import build_parser, settings_from_args
+from regcache.cli import build_parser
 from regcache.config import BUILTIN_UPSTREAMS, Settings, load_creds_file
 from regcache.web.app import make_app
 
@@ -265,8 +265,8 @@ def long_name(action) -> str:
 @pytest.mark.usefixtures("no_regcache_env")
 def test_example_config_is_accepted_and_holds_the_defaults() -> None:
     parser = build_parser()
-    from_file = settings_from_args(parser.parse_args(["-c", str(CONF / "regcache.yaml")]))
-    assert from_file == settings_from_args(parser.parse_args([]))
+    from_file = Settings.from_namespace(parser.parse_args(["-c", str(CONF / "regcache.yaml")]))
+    assert from_file == Settings.from_namespace(parser.parse_args([]))
     assert from_file == Settings()
     assert (from_file.host, from_file.port, from_file.cache_dir) == ("0.0.0.0", 3000, Path("/tmp/data"))
     assert from_file.cache_manifests is True
@@ -302,7 +302,7 @@ def test_example_config_lists_work_when_uncommented(tmp_path: Path) -> None:
     data = yaml.safe_load(config.read_text())
     assert isinstance(data["upstream"], list) and isinstance(data["private-registry"], list)
     args = build_parser().parse_args(["-c", str(config)])
-    settings = settings_from_args(args)
+    settings = Settings.from_namespace(args)
     assert args.upstream == data["upstream"] and len(args.upstream) >= 2
     for item in data["upstream"]:
         name, _, url = item.partition("=")
@@ -388,7 +388,7 @@ def test_k8s_deployment_matches_the_app(tmp_path: Path) -> None:
     assert volumes[config_volume]["configMap"]["name"] == configmap["metadata"]["name"]
     config_file = tmp_path / "regcache.yaml"
     config_file.write_text(configmap["data"][config_path.name])
-    settings = settings_from_args(build_parser().parse_args(["-c", str(config_file)]))
+    settings = Settings.from_namespace(build_parser().parse_args(["-c", str(config_file)]))
     assert settings.port == 3000
     cache_env = {e["name"]: e.get("value") for e in container.get("env", [])}.get(
         "REGCACHE_CACHE_DIR", "/var/cache/regcache"
@@ -413,7 +413,7 @@ def test_k8s_s3_deployment_runs_s3_mode_as_the_irsa_service_account(tmp_path: Pa
     assert config_volume["configMap"]["name"] == configmap["metadata"]["name"]
     config_file = tmp_path / "regcache.yaml"
     config_file.write_text(configmap["data"]["regcache.yaml"])
-    settings = settings_from_args(build_parser().parse_args(["-c", str(config_file), *args[2:]]))
+    settings = Settings.from_namespace(build_parser().parse_args(["-c", str(config_file), *args[2:]]))
     assert settings.bucket == "my-regcache-bucket" and env["AWS_REGION"]
     cache_volume = next(v for v in pod["volumes"] if v["name"] == "cache")
     limit = cache_volume["emptyDir"]["sizeLimit"]

@@ -41,8 +41,3 @@ class Digest:
 
     def __str__(self) -> str:
         return f"{self.algorithm}:{self.encoded}"
-
-
-def looks_like_digest(reference: str) -> bool:
-    """A manifest reference is a digest when it has a colon (tags cannot)."""
-    return ":" in reference

@@ -12,9 +12,7 @@ from regcache.errors import BadRequest
 _ARCH_ALIASES = {
     "x86_64": ("amd64", ""),
     "x86-64": ("amd64", ""),
-    "amd64": ("amd64", ""),
     "aarch64": ("arm64", ""),
-    "arm64": ("arm64", ""),
     "armhf": ("arm", "v7"),
     "armel": ("arm", "v6"),
     "i386": ("386", ""),

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 
 from regcache.errors import BadRequest
-from regcache.oci.digest import Digest, looks_like_digest
+from regcache.oci.digest import Digest
 
 _COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
 _REPO_RE = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
@@ -62,7 +62,7 @@ class ManifestRef:
 
 def parse_manifest_ref(registry: str, repo: str, reference: str) -> ManifestRef:
     repo = parse_repo(repo)
-    if looks_like_digest(reference):
+    if ":" in reference:  # a digest: tags cannot hold a colon
         return ManifestRef(registry, repo, digest=Digest.parse(reference))
     if not _TAG_RE.match(reference):
         raise BadRequest("MANIFEST_INVALID", f"invalid tag {reference!r}")
@@ -79,21 +79,11 @@ _HEX64_RE = re.compile(r"^[a-f0-9]{64}$")
 
 
 @dataclass(frozen=True)
-class ImageReference:
+class ImageReference(ManifestRef):
     """An image as containerd names it after normalising: `alpine` is docker.io/library/alpine:latest.
 
     By digest the tag is dropped, as containerd's ParseDockerRef does: the digest decides.
     """
-
-    registry: str
-    repo: str
-    tag: str | None = None
-    digest: Digest | None = None
-
-    @property
-    def reference(self) -> str:
-        """What goes after /manifests/ in the URL."""
-        return str(self.digest) if self.digest is not None else self.tag or "latest"
 
     def __str__(self) -> str:
         if self.digest is not None:

@@ -37,7 +37,7 @@ from regcache.web.handlers import (
 )
 from regcache.web.lists import ReferrersHandler, TagListHandler
 from regcache.web.plain_http import PlainHTTPServer
-from regcache.web.services import Services
+from regcache.web.services import RequestTracker, Services
 
 log = logging.getLogger(__name__)
 
@@ -45,32 +45,6 @@ log = logging.getLogger(__name__)
 NAME = r"(.+?)"
 SHUTDOWN_GRACE = 25.0
 MAX_HEADER_SIZE = 64 * 1024
-
-
-class RequestTracker:
-    """Counts requests in progress so shutdown can wait for them."""
-
-    def __init__(self) -> None:
-        self.active = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
-
-    def started(self) -> None:
-        self.active += 1
-        self._idle.clear()
-
-    def finished(self) -> None:
-        self.active -= 1
-        if self.active <= 0:
-            self.active = 0
-            self._idle.set()
-
-    async def wait_idle(self, timeout: float) -> bool:
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
-            return True
-        except TimeoutError:
-            return False
 
 
 def make_app(services: Services) -> Application:
@@ -124,30 +98,24 @@ async def open_store(settings: Settings) -> TieredStore:
     return store
 
 
-async def close_store(store: TieredStore) -> None:
-    await store.close()
-
-
 async def serve(settings: Settings, ready: asyncio.Future[int] | None = None) -> None:
     """Run until SIGTERM/SIGINT, then stop accepting and let responses in flight finish (bounded)."""
     store = await open_store(settings)
     try:
         await _serve(settings, store, ready)
     finally:
-        await close_store(store)
+        await store.close()
 
 
 async def _serve(settings: Settings, store: TieredStore, ready: asyncio.Future[int] | None) -> None:
     root = settings.cache_dir
-    disk = store.local
     upstream = UpstreamClient(settings, idle_timeout=settings.upstream_idle_timeout)
     fills = FillMap(settings.max_fills, settings.max_fill_clients)
     tracker = RequestTracker()
-    private = settings.private_registries
 
     def redirect(registry: str) -> bool:
         # Private content is served only to clients whose credentials were checked.
-        return settings.s3_redirect and registry not in private
+        return settings.s3_redirect and registry not in settings.private_registries
 
     health = StorageHealth()
     policy = Policy.from_settings(settings)
@@ -155,7 +123,7 @@ async def _serve(settings: Settings, store: TieredStore, ready: asyncio.Future[i
         blobs=BlobService(store, upstream, fills, root, health, redirect, policy),
         manifests=ManifestService(store, upstream, policy),
         lists=ListService(store, upstream, policy),
-        disk=disk,
+        disk=store.local,
         health=health,
         guard=upstream.guard,
         upstream_names=frozenset(settings.upstreams),

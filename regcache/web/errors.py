@@ -21,7 +21,6 @@ from regcache.errors import (
 _HTTP_CODES = {
     400: "UNSUPPORTED",
     404: "NAME_UNKNOWN",
-    405: "UNSUPPORTED",
     416: "RANGE_INVALID",
 }
 
@@ -44,9 +43,7 @@ def error_for(exc: BaseException | None, status: int) -> tuple[int, str, str]:
         return 502, "UNAVAILABLE", str(exc) + "; ask the registry itself"
     if isinstance(exc, UpstreamError):
         return 502, "UNAVAILABLE", str(exc)
-    if isinstance(exc, Overloaded):
-        return 503, "UNAVAILABLE", str(exc)
-    if isinstance(exc, StorageError):
+    if isinstance(exc, (Overloaded, StorageError)):
         # 503 sends containerd to the next host (the registry itself) at once.
         return 503, "UNAVAILABLE", str(exc)
     if status == 405 or (isinstance(exc, HTTPError) and exc.status_code == 405):

@@ -15,7 +15,7 @@ from tornado.web import HTTPError, RequestHandler
 from regcache import metrics
 from regcache.cache.blobs import Body, Redirect, UpstreamAnswer
 from regcache.cache.context import ClientContext
-from regcache.cache.manifests import Manifest, upstream_unavailable
+from regcache.cache.manifests import upstream_unavailable
 from regcache.cache.ranges import ByteRange, RangeSpec, Unsatisfiable, honoured_range
 from regcache.errors import RegcacheError
 from regcache.oci import mediatypes
@@ -49,15 +49,11 @@ class BaseHandler(BodyWriter):
         self.idle_timeout = services.client_idle_timeout
         self.cache_result = "-"
         self.registry = "-"
-        self.body_bytes = 0
-        self.aborted = False
         self.tracked = False
 
     def prepare(self) -> None:
-        tracker = self.services.tracker
-        if tracker is not None:
-            tracker.started()
-            self.tracked = True
+        self.services.tracker.started()
+        self.tracked = True
         if log.isEnabledFor(logging.DEBUG):
             shown = {
                 k: ("<redacted>" if k.lower() in ("authorization", "cookie") else v)
@@ -67,9 +63,8 @@ class BaseHandler(BodyWriter):
 
     def on_finish(self) -> None:
         # Requests refused before prepare() (bad method, undecodable path) were never counted.
-        tracker = self.services.tracker
-        if tracker is not None and self.tracked:
-            tracker.finished()
+        if self.tracked:
+            self.services.tracker.finished()
         metrics.REQUESTS.labels(self.kind, self.request.method, str(self.get_status())).inc()
 
     def set_default_headers(self) -> None:
@@ -80,11 +75,7 @@ class BaseHandler(BodyWriter):
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
-        status, code, message = error_for(exc, status_code)
-        if status != status_code:
-            self.set_status(status)
-        self.set_header("Content-Type", "application/json")
-        self.finish(error_body(code, message))
+        self.fail(*error_for(exc, status_code))
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         # Expected failures are one WARNING at most (already logged where they happened).
@@ -103,10 +94,10 @@ class BaseHandler(BodyWriter):
         metrics.CACHE_RESULTS.labels(result).inc()
         self.set_header(CACHE_RESULT_HEADER, result)
 
-    def fail(self, status: int, code: str, message: str) -> None:
+    def fail(self, status: int, code: str, message: str, detail: object = None) -> None:
         self.set_status(status)
         self.set_header("Content-Type", "application/json")
-        self.finish(error_body(code, message))
+        self.finish(error_body(code, message, detail))
 
     # --- the parts of a request that matter below the web layer ---------------------------------
     def routed(self, name: str) -> Route:
@@ -120,11 +111,8 @@ class BaseHandler(BodyWriter):
         )
         self.registry = found.registry
         self.namespace = found.namespace
-        if self.namespace is not None:
-            self.set_header(NAMESPACE_HEADER, self.namespace)
-        guard = self.services.guard
-        if guard is not None:
-            guard.check_registry(found.registry)  # --allow-registry, IP literals: 403
+        self.set_default_headers()  # now with the namespace
+        self.services.guard.check_registry(found.registry)  # --allow-registry, IP literals: 403
         return found
 
     def client_context(self) -> ClientContext:
@@ -157,7 +145,6 @@ class BaseHandler(BodyWriter):
                 seen.add(name.lower())
                 self.set_header(name, value)
         if include_body:
-            self.body_bytes = len(response.body)
             metrics.SERVED_BYTES.labels(served_from).inc(len(response.body))
             self.finish(response.body)
         else:
@@ -173,9 +160,7 @@ class BaseHandler(BodyWriter):
         if retry_after:
             detail["retry_after"] = retry_after[:100]
             message += f" (Retry-After: {retry_after[:100]})"
-        self.set_status(503)
-        self.set_header("Content-Type", "application/json")
-        self.finish(error_body("UNAVAILABLE", message + "; fetch from the registry itself", detail))
+        self.fail(503, "UNAVAILABLE", message + "; fetch from the registry itself", detail)
 
 
 class PingHandler(BaseHandler):
@@ -200,22 +185,18 @@ class ManifestHandler(BaseHandler):
         if answer.passed_through is not None:
             self.pass_through(answer.passed_through, include_body)
             return
-        assert answer.manifest is not None
-        self._send_manifest(answer.manifest, include_body, answer.result == "hit")
-
-    async def head(self, name: str, reference: str) -> None:
-        await self.get(name, reference, include_body=False)
-
-    def _send_manifest(self, manifest: Manifest, include_body: bool, hit: bool) -> None:
+        manifest = answer.manifest
+        assert manifest is not None
         self.set_header("Content-Type", manifest.media_type)
         self.set_header("Docker-Content-Digest", str(manifest.digest))
         self.set_header("Etag", f'"{manifest.digest}"')
         self.set_header("Content-Length", str(len(manifest.body)))
         if include_body:
-            self.body_bytes = len(manifest.body)
-            metrics.SERVED_BYTES.labels("disk" if hit else "upstream").inc(len(manifest.body))
-            self.write(manifest.body)
-        self.finish()
+            metrics.SERVED_BYTES.labels("disk" if answer.result == "hit" else "upstream").inc(len(manifest.body))
+        self.finish(manifest.body if include_body else None)
+
+    async def head(self, name: str, reference: str) -> None:
+        await self.get(name, reference, include_body=False)
 
 
 class BlobHandler(BaseHandler):
@@ -224,16 +205,11 @@ class BlobHandler(BaseHandler):
     async def get(self, name: str, digest: str) -> None:
         origin = self.routed(name)
         ref = parse_blob_ref(origin.registry, origin.repo, digest)
-        await self._send(
-            await self.services.blobs.get(ref, self.client_context(), self._wanted(ref.digest)), ref.digest
-        )
-
-    async def head(self, name: str, digest: str) -> None:
-        origin = self.routed(name)
-        ref = parse_blob_ref(origin.registry, origin.repo, digest)
-        await self._send(await self.services.blobs.head(ref, self.client_context()), ref.digest)
-
-    async def _send(self, answer: Body | Redirect | UpstreamAnswer, digest: Digest) -> None:
+        answer: Body | Redirect | UpstreamAnswer
+        if self.request.method == "HEAD":
+            answer = await self.services.blobs.head(ref, self.client_context())
+        else:
+            answer = await self.services.blobs.get(ref, self.client_context(), self._wanted(ref.digest))
         match answer:
             case Body():
                 try:
@@ -245,15 +221,17 @@ class BlobHandler(BaseHandler):
                 self.count("hit")
                 self.set_status(307)
                 self.set_header("Location", url)
-                self.set_header("Docker-Content-Digest", str(digest))
+                self.set_header("Docker-Content-Digest", str(ref.digest))
                 self.set_header("Content-Length", "0")
             case UpstreamAnswer(response=response):
                 self.count("skip")
                 if 200 <= response.status < 300:
                     # A HEAD answered by a CDN after a redirect may lack these; containerd needs the digest.
-                    response.headers["Docker-Content-Digest"] = str(digest)
+                    response.headers["Docker-Content-Digest"] = str(ref.digest)
                     response.headers.setdefault("Accept-Ranges", "bytes")
                 self.pass_through(response, include_body=self.request.method != "HEAD")
+
+    head = get
 
     def _wanted(self, digest: Digest) -> RangeSpec | None:
         headers = self.request.headers
@@ -263,7 +241,10 @@ class BlobHandler(BaseHandler):
         """Every source answers a range alike (stored, in flight, S3, a pass-through, a HEAD):
         containerd 2.1+ fetches a layer in parallel only when `bytes=0-` gets a 206."""
         self.count(body.result)
-        self._blob_headers(body.digest)
+        self.set_header("Content-Type", mediatypes.OCTET_STREAM)
+        self.set_header("Docker-Content-Digest", str(body.digest))
+        self.set_header("Etag", f'"{body.digest}"')  # what an If-Range names
+        self.set_header("Accept-Ranges", "bytes")
         start, end = 0, body.size
         if body.size is not None:
             byte_range = self._select_range(self._wanted(body.digest), body.size)
@@ -273,12 +254,6 @@ class BlobHandler(BaseHandler):
         if body.source is None or self.request.method == "HEAD" or start == end:
             return
         await self.send_source(body.source, start, end, body.served_from)
-
-    def _blob_headers(self, digest: Digest) -> None:
-        self.set_header("Content-Type", mediatypes.OCTET_STREAM)
-        self.set_header("Docker-Content-Digest", str(digest))
-        self.set_header("Etag", f'"{digest}"')  # what an If-Range names
-        self.set_header("Accept-Ranges", "bytes")
 
     def _select_range(self, spec: RangeSpec | None, size: int) -> ByteRange | None:
         """Status and length headers for the requested range; None after a 416 was sent."""
@@ -314,18 +289,14 @@ class HealthHandler(BaseHandler):
 class ReadyHandler(BaseHandler):
     async def get(self) -> None:
         disk = self.services.disk
-        self.set_header("Content-Type", "application/json")
         trouble = self.services.health.trouble()
         if not disk.writable():
-            self.set_status(503)
-            self.finish(
-                error_body("UNAVAILABLE", f"cache dir {disk.root} is not writable; pulls pass through uncached")
-            )
+            self.fail(503, "UNAVAILABLE", f"cache dir {disk.root} is not writable; pulls pass through uncached")
         elif trouble is not None:
             # Recent failures (a full disk still takes an empty probe file): reported for a minute.
-            self.set_status(503)
-            self.finish(error_body("UNAVAILABLE", f"cache storage failing: {trouble}; pulls pass through uncached"))
+            self.fail(503, "UNAVAILABLE", f"cache storage failing: {trouble}; pulls pass through uncached")
         else:
+            self.set_header("Content-Type", "application/json")
             self.finish(b'{"status":"ready"}')
 
 
@@ -347,7 +318,6 @@ def log_request(handler: RequestHandler) -> None:
     """One INFO line per request: what, for which registry, how it ended, from where it came."""
     status = handler.get_status()
     duration = 1000.0 * handler.request.request_time()
-    fields = getattr(handler, "registry", "-"), getattr(handler, "cache_result", "-"), getattr(handler, "body_bytes", 0)
     if status < 500:
         # Probes and scrapes come every few seconds; they are not what an operator reads logs for.
         level = logging.DEBUG if handler.request.path in QUIET_PATHS else logging.INFO
@@ -358,10 +328,10 @@ def log_request(handler: RequestHandler) -> None:
         "%s %s ns=%s status=%d%s bytes=%d cache=%s %.1fms",
         handler.request.method,
         handler.request.path,
-        fields[0],
+        getattr(handler, "registry", "-"),
         status,
         " (aborted)" if getattr(handler, "aborted", False) else "",
-        fields[2],
-        fields[1],
+        getattr(handler, "body_bytes", 0),
+        getattr(handler, "cache_result", "-"),
         duration,
     )

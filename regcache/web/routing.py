@@ -14,9 +14,8 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Literal
 
-from regcache.config import DOCKER_HUB
 from regcache.errors import BadRequest
-from regcache.oci.reference import parse_registry
+from regcache.oci.reference import DOCKER_HUB, parse_registry
 
 NO_REGISTRY_MESSAGE = (
     "no registry named: configure containerd with regcache as a mirror (hosts.toml), which sends "

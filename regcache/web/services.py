@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
-from typing import Protocol
 
 from regcache.cache.blobs import BlobService
 from regcache.cache.lists import ListService
@@ -13,12 +13,30 @@ from regcache.storage.health import StorageHealth
 from regcache.upstream.guard import AddressGuard
 
 
-class Tracker(Protocol):
-    """Counts requests in progress, so that shutdown can wait for them."""
+class RequestTracker:
+    """Counts requests in progress so shutdown can wait for them."""
 
-    def started(self) -> None: ...
+    def __init__(self) -> None:
+        self.active = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
 
-    def finished(self) -> None: ...
+    def started(self) -> None:
+        self.active += 1
+        self._idle.clear()
+
+    def finished(self) -> None:
+        self.active -= 1
+        if self.active <= 0:
+            self.active = 0
+            self._idle.set()
+
+    async def wait_idle(self, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+            return True
+        except TimeoutError:
+            return False
 
 
 @dataclass(frozen=True)
@@ -28,8 +46,8 @@ class Services:
     lists: ListService
     disk: DiskTier
     health: StorageHealth
-    guard: AddressGuard | None = None
+    guard: AddressGuard
     # Registry names given by --upstream (and docker.io): a path starting with one names it.
-    upstream_names: frozenset[str] = frozenset()
-    tracker: Tracker | None = None
-    client_idle_timeout: float | None = None
+    upstream_names: frozenset[str]
+    tracker: RequestTracker
+    client_idle_timeout: float

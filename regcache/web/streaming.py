@@ -36,9 +36,9 @@ _TCPI_BYTES_ACKED_OFFSET = 120
 
 
 class BodyWriter(RequestHandler):
-    """The sending half of a handler; `idle_timeout` and the counters are set by its subclass."""
+    """The sending half of a handler; `idle_timeout` is set by its subclass."""
 
-    idle_timeout: float | None = None
+    idle_timeout: float
     body_bytes = 0
     aborted = False
     _sending: asyncio.Future[int] | None = None
@@ -89,12 +89,9 @@ class BodyWriter(RequestHandler):
         taken = _bytes_taken(sock)
         while True:
             try:
-                if self.idle_timeout:
-                    await gen.with_timeout(
-                        timedelta(seconds=self.idle_timeout), flushed, quiet_exceptions=StreamClosedError
-                    )
-                else:
-                    await flushed
+                await gen.with_timeout(
+                    timedelta(seconds=self.idle_timeout), flushed, quiet_exceptions=StreamClosedError
+                )
                 break
             except StreamClosedError:
                 return False

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from regcache.config import Credentials, CredentialStore
+from regcache.credentials import Credentials, CredentialStore
 from regcache.upstream.auth import Authenticator, TokenAnswer, parse_www_authenticate
 
 HUB = 'Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/alpine:pull"'

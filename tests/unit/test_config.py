@@ -7,18 +7,17 @@ from dataclasses import fields
 import pytest
 
 from regcache.cache.policy import Policy
-from regcache.cli import build_parser, settings_from_args
+from regcache.cli import build_parser
 from regcache.config import (
     OPTIONS,
-    Credentials,
     CredentialStore,
     Settings,
-    creds_file_warning,
     load_creds_file,
     parse_bool,
     parse_duration,
     parse_upstreams,
 )
+from regcache.credentials import Credentials, creds_file_warning
 from regcache.errors import ConfigError
 
 
@@ -30,7 +29,7 @@ def no_regcache_env(monkeypatch):
 
 
 def settings(*argv):
-    return settings_from_args(build_parser().parse_args(list(argv)))
+    return Settings.from_namespace(build_parser().parse_args(list(argv)))
 
 
 @pytest.mark.usefixtures("no_regcache_env")
@@ -55,7 +54,7 @@ def test_tag_ttl_and_allow_registry_defaults():
 def test_the_parser_and_settings_share_each_options_default(option):
     parsed = build_parser().parse_args([])
     assert getattr(parsed, option.dest) == option.default, "the parser (and --help) must use the table's default"
-    assert getattr(settings_from_args(parsed), option.field) == getattr(Settings(), option.field)
+    assert getattr(Settings.from_namespace(parsed), option.field) == getattr(Settings(), option.field)
 
 
 def test_every_settings_field_is_an_option():

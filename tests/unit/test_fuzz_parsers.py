@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from regcache.cache.ranges import ByteRange, RangeSpec, Unsatisfiable, parse_range
-from regcache.config import Credentials, CredentialStore, Settings
+from regcache.config import Settings
+from regcache.credentials import Credentials, CredentialStore
 from regcache.errors import BadRequest
 from regcache.oci import mediatypes
 from regcache.oci.reference import parse_blob_ref, parse_manifest_ref, parse_registry

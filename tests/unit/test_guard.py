@@ -4,7 +4,8 @@ import asyncio
 
 import pytest
 
-from regcache.cli import build_parser, settings_from_args
+from regcache.cli import build_parser
+from regcache.config import Settings
 from regcache.errors import BadRequest, UpstreamError
 from regcache.upstream.guard import AddressGuard, is_internal, split_host
 
@@ -29,7 +30,7 @@ def guard(*argv: str) -> tuple[AddressGuard, list[str]]:
             raise OSError(-2, "Name or service not known")
         return DNS[host]
 
-    return AddressGuard(settings_from_args(build_parser().parse_args(list(argv))), resolve), asked
+    return AddressGuard(Settings.from_namespace(build_parser().parse_args(list(argv))), resolve), asked
 
 
 def pin(g: AddressGuard, url: str, proxied: bool = False) -> list[str]:

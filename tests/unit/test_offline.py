@@ -8,7 +8,7 @@ import re
 import pytest
 
 from regcache.cache.policy import Policy
-from regcache.cli import build_parser, settings_from_args
+from regcache.cli import build_parser
 from regcache.config import Settings
 from regcache.errors import Offline
 from regcache.oci.reference import parse_manifest_ref
@@ -24,7 +24,7 @@ def no_regcache_env(monkeypatch):
 
 
 def settings(*argv):
-    return settings_from_args(build_parser().parse_args(list(argv)))
+    return Settings.from_namespace(build_parser().parse_args(list(argv)))
 
 
 def test_offline_is_off_by_default_and_set_by_flag_environment_or_config_file(monkeypatch, tmp_path):
