@@ -36,11 +36,8 @@ def json_object(data: bytes | None) -> dict | None:
 
 def references(body: bytes) -> References:
     """The digests a manifest body names, whatever its media type (the body says which it is)."""
-    try:
-        document = json.loads(body)
-    except ValueError:
-        return UNREADABLE
-    if not isinstance(document, dict):
+    document = json_object(body)
+    if document is None:
         return UNREADABLE
     if isinstance(document.get("manifests"), list):
         return References(manifests=_digests(document["manifests"], "digest"))
