@@ -145,7 +145,10 @@ class BlobService:
                     origin = FallbackOrigin(S3Origin(self._store, key), origin)
             return await self._start(key, ref, client, origin)
         except StorageError as exc:
-            return await self._uncached(ref, client, exc, wanted)
+            # The cache cannot take it (a full disk, an unwritable dir): the pull goes on uncached.
+            metrics.STORAGE_PASSTHROUGH.inc()
+            self._health.failed(str(exc))
+            return await self._streamed(ref, client, wanted)
 
     async def _authorize(self, ref: BlobRef, client: ClientContext) -> tuple[str | None, UpstreamAnswer | None]:
         """The blob's store key (None: never stored, its digest cannot be checked), or the
@@ -205,15 +208,6 @@ class BlobService:
             return Body(ref.digest, head.size, reader, result, "disk" if hit else head.origin)
         await reader.aclose()
         return UpstreamAnswer(head.passed) if mine else None
-
-    async def _uncached(
-        self, ref: BlobRef, client: ClientContext, cause: StorageError, wanted: RangeSpec | None
-    ) -> BlobAnswer:
-        """The cache cannot take it (a full disk, an unwritable dir): the pull goes on uncached,
-        verified on the way when it is read whole (cache/passthrough.py)."""
-        metrics.STORAGE_PASSTHROUGH.inc()
-        self._health.failed(str(cause))
-        return await self._streamed(ref, client, wanted)
 
     async def _streamed(self, ref: BlobRef, client: ClientContext, wanted: RangeSpec | None) -> BlobAnswer:
         """The registry's answer streamed through and never stored; verified on the way when it

@@ -120,7 +120,9 @@ class Fill:
                 return
             except (UpstreamError, OSError) as exc:
                 if isinstance(exc, CannotResume) or not self._resumable(resumes):
-                    raise _as_regcache_error(origin, exc) from None
+                    if isinstance(exc, UpstreamError):
+                        raise
+                    raise UpstreamError(origin.name, f"the copy from {origin.name} broke off: {exc}") from None
                 resumes += 1
                 log.warning(
                     "fill %s: %s after %d of %d bytes; resuming with a Range request (%d of %d)",
@@ -156,12 +158,6 @@ class Fill:
         if not self.head.done():
             self.head.set_exception(error)
             self.head.exception()  # retrieved here; readers re-raise it
-
-
-def _as_regcache_error(origin: Origin, exc: Exception) -> RegcacheError:
-    if isinstance(exc, RegcacheError):
-        return exc
-    return UpstreamError(origin.name, f"the copy from {origin.name} broke off: {exc}")
 
 
 class FillMap:
