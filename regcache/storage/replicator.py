@@ -134,8 +134,6 @@ class Replicator:
                 except TierUnavailable:
                     # Counted and logged (once per burst) by the tier; hold the lane and retry.
                     await asyncio.sleep(backoff.failed())
-                except asyncio.CancelledError:
-                    raise
                 except Exception:  # a task boundary: log, count, drop this one, keep the lane
                     log.exception("upload of %s to S3 failed", key)
                     result = "error"

@@ -161,8 +161,6 @@ class S3Tier:
             raise TierUnavailable(f"S3 {op}: skipped, the bucket failed moments ago")
         try:
             result = await (call() if timeout is None else asyncio.wait_for(call(), timeout))
-        except asyncio.CancelledError:
-            raise
         except Exception as exc:  # noqa: BLE001 - translated here, where foreign errors enter
             if missing_ok and _error_code(exc) in _MISSING:
                 self._succeeded()
@@ -231,8 +229,6 @@ class S3Tier:
             while position < end:
                 try:
                     chunk = await body.read(min(CHUNK, end - position))
-                except asyncio.CancelledError:
-                    raise
                 except Exception as exc:  # noqa: BLE001 - a dropped S3 stream, translated
                     self._failed("get", exc)
                     raise TierUnavailable(f"S3 get: {_describe(exc)}") from None
