@@ -55,9 +55,7 @@ def is_blob(key: str) -> bool:
 
 
 class Replicator:
-    def __init__(
-        self, local: DiskTier, shared: Tier, index: LocalIndex | None, on_done: Callable[[], None] | None = None
-    ) -> None:
+    def __init__(self, local: DiskTier, shared: Tier, index: LocalIndex | None, on_done: Callable[[], None]) -> None:
         self._local = local
         self._markers = local.root / UPLOADS_DIR
         self._markers.mkdir(parents=True, exist_ok=True)
@@ -164,5 +162,4 @@ class Replicator:
         if self._index is not None:
             self._index.unpin(key)
         metrics.UPLOADS_PENDING.set(len(self._queued))
-        if self._on_done is not None:
-            self._on_done()
+        self._on_done()
