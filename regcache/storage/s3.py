@@ -289,7 +289,7 @@ class S3Tier:
             )
             return
         data = await asyncio.to_thread(read_range, staged.path, 0, staged.size)
-        known = bytes.fromhex(digest.encoded) if digest is not None and digest.algorithm == "sha256" else None
+        known = bytes.fromhex(digest.encoded) if digest is not None else None  # key_digest: sha256 only
         await self._put(key, data, meta, known)
 
     async def _put(self, key: str, data: bytes, meta: dict[str, str], known: bytes | None) -> None:
