@@ -9,13 +9,19 @@ INFO when it answers again; every failure is counted in `regcache_tier_errors_to
 
 Uploads ask S3 to verify the bytes: `ChecksumSHA256` (for a single PUT of a blob that is the
 blob's own digest, so S3 refuses anything that is not the blob); a store that neither checks nor
-echoes the checksum is switched to `Content-MD5`, which every S3 implementation checks.
+echoes the checksum is switched to `Content-MD5`, which every S3 implementation checks. A file
+larger than a part goes up as one multipart upload (create, parts, complete, or abort on any
+failure so no parts are left behind). Parts are sized from the object (as s3fs's `_put_file`
+does): 16 MiB, a few in memory at once, unless S3's 10,000-part limit needs larger ones.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import logging
+import math
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
@@ -34,15 +40,6 @@ from regcache.storage.base import (
     content_type,
     key_digest,
 )
-from regcache.storage.multipart import (
-    MIN_PART_SIZE,
-    WRITE_TIMEOUT,
-    ChecksumIgnored,
-    checksum,
-    confirm,
-    read_range,
-    send_file,
-)
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +51,16 @@ LOOKUP_TIMEOUT = 5.0
 CHECK_TIMEOUT = 10.0
 _MISSING = frozenset(("404", "NoSuchKey", "NotFound"))
 _REJECTED = frozenset(("BadDigest", "InvalidDigest", "XAmzContentChecksumMismatch", "XAmzContentSHA256Mismatch"))
+MIN_PART_SIZE = 16 * 1024 * 1024
+MAX_PARTS = 10_000
+PARALLEL_PARTS = 3
+# One PUT of at most a part's size, or a completion: a store that accepts the connection and
+# then never answers must not hold an upload lane forever.
+WRITE_TIMEOUT = 120.0
+
+
+class ChecksumIgnored(TierUnavailable):
+    """The store neither checked nor echoed the ChecksumSHA256 it was sent: use Content-MD5."""
 
 
 def _error_code(exc: BaseException) -> str:
@@ -74,6 +81,41 @@ def _describe(exc: BaseException) -> str:
 def _timestamp(value: object) -> float | None:
     """botocore's LastModified (a datetime) as seconds since the epoch."""
     return value.timestamp() if isinstance(value, datetime) else None
+
+
+def part_size(size: int) -> int:
+    mib = 1024 * 1024
+    return max(MIN_PART_SIZE, math.ceil(size / (MAX_PARTS - 1) / mib) * mib)
+
+
+def checksum(data: bytes, sha256: bool, known: bytes | None = None) -> dict[str, str]:
+    """The header S3 verifies `data` against: its SHA-256 (`known`, when the caller has it: a
+    blob's digest), or where the store ignores that, its MD5 (which every S3 checks)."""
+    if sha256:
+        return {"ChecksumSHA256": _b64(known or hashlib.sha256(data).digest())}
+    return {"ContentMD5": _b64(hashlib.md5(data, usedforsecurity=False).digest())}
+
+
+def confirm(sent: dict[str, str], answer: dict[str, Any]) -> None:
+    """Raise ChecksumIgnored when a SHA-256 was sent and the store's answer does not echo it."""
+    if "ChecksumSHA256" in sent and not answer.get("ChecksumSHA256"):
+        raise ChecksumIgnored("S3 upload: the store did not verify the SHA-256 checksum")
+
+
+def read_range(path: str, offset: int, length: int) -> bytes:
+    """`length` bytes of the file at `offset`; FileNotFoundError if it went or is shorter now."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        data = os.pread(fd, length, offset)
+    finally:
+        os.close(fd)
+    if len(data) != length:
+        raise FileNotFoundError(f"{path} shrank while being uploaded")
+    return data
+
+
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode()
 
 
 class S3Source:
@@ -283,10 +325,7 @@ class S3Tier:
         digest = key_digest(key)
         meta = {"digest": str(digest)} if digest else {}
         if staged.size > MIN_PART_SIZE:
-            where = {"Bucket": self.bucket, "Key": self._key(key)}
-            await self._checked(
-                lambda sha256: send_file(self._call, self._client, where, sha256, staged, content_type(key), meta)
-            )
+            await self._checked(lambda sha256: self._send_parts(key, staged, sha256, meta))
             return
         data = await asyncio.to_thread(read_range, staged.path, 0, staged.size)
         known = bytes.fromhex(digest.encoded) if digest is not None else None  # key_digest: sha256 only
@@ -310,6 +349,60 @@ class S3Tier:
             confirm(sent, answer)
 
         await self._checked(put)
+
+    async def _send_parts(self, key: str, staged: StagedObject, sha256: bool, meta: dict[str, str]) -> None:
+        """One multipart upload of the file: parts a few at once; a failed part cancels the others
+        and aborts the upload."""
+        where = {"Bucket": self.bucket, "Key": self._key(key)}
+        extra = {"ChecksumAlgorithm": "SHA256"} if sha256 else {}
+        created = await self._call(
+            "upload",
+            lambda: self._client.create_multipart_upload(
+                **where, ContentType=content_type(key), Metadata=meta, **extra
+            ),
+            WRITE_TIMEOUT,
+        )
+        upload_id = created["UploadId"]
+        chunk = part_size(staged.size)
+        slots = asyncio.Semaphore(PARALLEL_PARTS)
+        parts: dict[int, dict[str, Any]] = {}
+
+        async def send(number: int) -> None:
+            async with slots:
+                offset = (number - 1) * chunk
+                data = await asyncio.to_thread(read_range, staged.path, offset, min(chunk, staged.size - offset))
+                # Hashing 16 MiB takes long enough to leave the event loop for it.
+                sent = await asyncio.to_thread(checksum, data, sha256)
+                answer = await self._call(
+                    "upload",
+                    lambda: self._client.upload_part(**where, UploadId=upload_id, PartNumber=number, Body=data, **sent),
+                    WRITE_TIMEOUT,
+                )
+                confirm(sent, answer)
+                parts[number] = {"PartNumber": number, "ETag": answer["ETag"]}
+                if sha256:
+                    parts[number]["ChecksumSHA256"] = answer["ChecksumSHA256"]
+
+        try:
+            try:
+                async with asyncio.TaskGroup() as group:
+                    for number in range(1, math.ceil(staged.size / chunk) + 1):
+                        group.create_task(send(number))
+            except BaseExceptionGroup as failed:
+                raise failed.exceptions[0] from None
+            done = {"Parts": [parts[n] for n in sorted(parts)]}
+            await self._call(
+                "upload",
+                lambda: self._client.complete_multipart_upload(**where, UploadId=upload_id, MultipartUpload=done),
+                WRITE_TIMEOUT,
+            )
+        except BaseException:
+            # Best effort (the bucket's lifecycle rule is the backstop), even while being cancelled.
+            try:
+                await asyncio.shield(self._client.abort_multipart_upload(**where, UploadId=upload_id))
+            except Exception as exc:  # noqa: BLE001 - logged; the upload failed already
+                log.warning("S3 abort of the upload of %s failed: %s", where["Key"], exc)
+            raise
 
     async def _checked(self, upload: Callable[[bool], Awaitable[None]]) -> None:
         """Run an upload that S3 checks by SHA-256 (`upload(True)`); once the store turns out to
