@@ -18,8 +18,6 @@ does): 16 MiB, a few in memory at once, unless S3's 10,000-part limit needs larg
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
 import logging
 import math
 import os
@@ -40,6 +38,7 @@ from regcache.storage.base import (
     content_type,
     key_digest,
 )
+from regcache.storage.multipart import MIN_PART_SIZE, ChecksumIgnored, checksum, confirm, part_size, read_range
 
 log = logging.getLogger(__name__)
 
@@ -51,16 +50,10 @@ LOOKUP_TIMEOUT = 5.0
 CHECK_TIMEOUT = 10.0
 _MISSING = frozenset(("404", "NoSuchKey", "NotFound"))
 _REJECTED = frozenset(("BadDigest", "InvalidDigest", "XAmzContentChecksumMismatch", "XAmzContentSHA256Mismatch"))
-MIN_PART_SIZE = 16 * 1024 * 1024
-MAX_PARTS = 10_000
 PARALLEL_PARTS = 3
 # One PUT of at most a part's size, or a completion: a store that accepts the connection and
 # then never answers must not hold an upload lane forever.
 WRITE_TIMEOUT = 120.0
-
-
-class ChecksumIgnored(TierUnavailable):
-    """The store neither checked nor echoed the ChecksumSHA256 it was sent: use Content-MD5."""
 
 
 def _error_code(exc: BaseException) -> str:
@@ -81,41 +74,6 @@ def _describe(exc: BaseException) -> str:
 def _timestamp(value: object) -> float | None:
     """botocore's LastModified (a datetime) as seconds since the epoch."""
     return value.timestamp() if isinstance(value, datetime) else None
-
-
-def part_size(size: int) -> int:
-    mib = 1024 * 1024
-    return max(MIN_PART_SIZE, math.ceil(size / (MAX_PARTS - 1) / mib) * mib)
-
-
-def checksum(data: bytes, sha256: bool, known: bytes | None = None) -> dict[str, str]:
-    """The header S3 verifies `data` against: its SHA-256 (`known`, when the caller has it: a
-    blob's digest), or where the store ignores that, its MD5 (which every S3 checks)."""
-    if sha256:
-        return {"ChecksumSHA256": _b64(known or hashlib.sha256(data).digest())}
-    return {"ContentMD5": _b64(hashlib.md5(data, usedforsecurity=False).digest())}
-
-
-def confirm(sent: dict[str, str], answer: dict[str, Any]) -> None:
-    """Raise ChecksumIgnored when a SHA-256 was sent and the store's answer does not echo it."""
-    if "ChecksumSHA256" in sent and not answer.get("ChecksumSHA256"):
-        raise ChecksumIgnored("S3 upload: the store did not verify the SHA-256 checksum")
-
-
-def read_range(path: str, offset: int, length: int) -> bytes:
-    """`length` bytes of the file at `offset`; FileNotFoundError if it went or is shorter now."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        data = os.pread(fd, length, offset)
-    finally:
-        os.close(fd)
-    if len(data) != length:
-        raise FileNotFoundError(f"{path} shrank while being uploaded")
-    return data
-
-
-def _b64(raw: bytes) -> str:
-    return base64.b64encode(raw).decode()
 
 
 class S3Source:

@@ -17,7 +17,8 @@ import pytest
 from regcache.oci.digest import Digest
 from regcache.storage.base import CHUNK, ContentRejected, TierUnavailable, blob_key
 from regcache.storage.disk import DiskTier
-from regcache.storage.s3 import MIN_PART_SIZE, S3Tier
+from regcache.storage.multipart import MIN_PART_SIZE
+from regcache.storage.s3 import S3Tier
 from tests.fakes import CuttingForwarder
 from tests.memory_tier import InMemoryTier
 from tests.peers.seaweed import SeaweedS3

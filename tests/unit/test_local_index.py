@@ -1,7 +1,7 @@
 """The local tier's LRU bookkeeping: what is evicted first, and what never is."""
 
 from regcache.storage.local_index import LocalIndex
-from regcache.storage.s3 import MIN_PART_SIZE, part_size
+from regcache.storage.multipart import MIN_PART_SIZE, part_size
 
 
 def test_least_recently_used_go_first_and_just_enough_go():
