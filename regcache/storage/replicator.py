@@ -55,9 +55,7 @@ def is_blob(key: str) -> bool:
 
 
 class Replicator:
-    def __init__(
-        self, local: DiskTier, shared: Tier, index: LocalIndex | None, on_done: Callable[[], None] | None = None
-    ) -> None:
+    def __init__(self, local: DiskTier, shared: Tier, index: LocalIndex | None, on_done: Callable[[], None]) -> None:
         self._local = local
         self._markers = local.root / UPLOADS_DIR
         self._markers.mkdir(parents=True, exist_ok=True)
@@ -134,8 +132,6 @@ class Replicator:
                 except TierUnavailable:
                     # Counted and logged (once per burst) by the tier; hold the lane and retry.
                     await asyncio.sleep(backoff.failed())
-                except asyncio.CancelledError:
-                    raise
                 except Exception:  # a task boundary: log, count, drop this one, keep the lane
                     log.exception("upload of %s to S3 failed", key)
                     result = "error"
@@ -166,5 +162,4 @@ class Replicator:
         if self._index is not None:
             self._index.unpin(key)
         metrics.UPLOADS_PENDING.set(len(self._queued))
-        if self._on_done is not None:
-            self._on_done()
+        self._on_done()
