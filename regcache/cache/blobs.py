@@ -87,8 +87,8 @@ class BlobService:
         self._health = health
         # Whether a blob of this registry that is only in S3 is answered with a presigned URL.
         self._redirect = redirect or (lambda registry: False)
-        self._access = AccessCheck(upstream)
         self._policy = policy or Policy()
+        self._access = AccessCheck(upstream, self._policy.private_registries)
 
     async def head(self, ref: BlobRef, client: ClientContext) -> Body | UpstreamAnswer:
         """What a HEAD is told; never starts a download. The registry's 2xx with a length is

@@ -80,12 +80,12 @@ class UpstreamResponse:
 class UpstreamClient:
     """Create it inside the running event loop, close it at shutdown."""
 
-    def __init__(self, settings: Settings, idle_timeout: float = 60.0) -> None:
+    def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._ca_bundle = combined_ca_bundle(settings.upstream_ca) if settings.upstream_ca else None
         # A thread per transfer in flight: every fill, and the small requests beside them.
         threads = settings.max_fills + 64
-        self._transport = CurlTransport(self._ca_bundle, idle_timeout, threads)
+        self._transport = CurlTransport(self._ca_bundle, settings.upstream_idle_timeout, threads)
         self._auth = Authenticator(settings.creds, self._fetch_token)
         self.guard = AddressGuard(settings)
 
@@ -93,11 +93,6 @@ class UpstreamClient:
         self._transport.close()
         if self._ca_bundle:
             Path(self._ca_bundle).unlink(missing_ok=True)
-
-    @property
-    def private_registries(self) -> frozenset[str]:
-        """Registries whose cached content is served only after the registry says yes."""
-        return self._settings.private_registries
 
     async def fetch(self, request: UpstreamRequest) -> UpstreamResponse:
         """The registry's final answer, its body held (up to the request's limit)."""

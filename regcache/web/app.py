@@ -109,7 +109,7 @@ async def serve(settings: Settings, ready: asyncio.Future[int] | None = None) ->
 
 async def _serve(settings: Settings, store: TieredStore, ready: asyncio.Future[int] | None) -> None:
     root = settings.cache_dir
-    upstream = UpstreamClient(settings, idle_timeout=settings.upstream_idle_timeout)
+    upstream = UpstreamClient(settings)
     fills = FillMap(settings.max_fills, settings.max_fill_clients)
     tracker = RequestTracker()
 
