@@ -86,15 +86,12 @@ def run_command(name: str, parser: configargparse.ArgumentParser, argv: list[str
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_namespace(args)
-    except ConfigError as exc:
-        parser.exit(2, f"regcache {name}: error: {exc}\n")
-    # The tiers log for a server ("serving from local disk…"); a command reports failures itself.
-    logging.basicConfig(
-        level=logging.DEBUG if settings.log_level == "debug" else logging.ERROR,
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    try:
+        # The tiers log for a server ("serving from local disk…"); a command reports failures itself.
+        logging.basicConfig(
+            level=logging.DEBUG if settings.log_level == "debug" else logging.ERROR,
+            format="%(levelname)s %(name)s: %(message)s",
+            stream=sys.stderr,
+        )
         return asyncio.run(body(args, settings))
     except (CommandError, ConfigError) as exc:
         print(f"regcache {name}: error: {exc}", file=sys.stderr)
