@@ -89,13 +89,10 @@ def parse_registry(text: str) -> HostsFile:
         parts = urllib.parse.urlsplit(text)
         if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/"):
             raise NodeConfigError(f"{where}: expected a registry name or http(s)://HOST[:PORT]")
-        name = parts.netloc.lower()
-        server = f"{parts.scheme}://{name}"
-        if name == "docker.io":
-            server = BUILTIN_UPSTREAMS[name]
+        scheme, name = parts.scheme, parts.netloc.lower()
     else:
-        name = text.lower()
-        server = BUILTIN_UPSTREAMS.get(name, f"https://{name}")
+        scheme, name = "https", text.lower()
+    server = BUILTIN_UPSTREAMS.get(name, f"{scheme}://{name}")
     host, port = _split_host_port(name)
     if not _HOST.match(host) or (port and not (port.isdigit() and 0 < int(port) < 65536)):
         raise NodeConfigError(f"{where}: not a registry host[:port]")
