@@ -174,7 +174,10 @@ async def scan(tiers: Tiers) -> Inventory:
     pointers = await _read_all(tiers, list(tags))
     for key, (registry, repo, tag) in tags.items():
         pointer = json_object(pointers.get(key)) or {}
-        digest = _digest(pointer.get("digest"))
+        try:
+            digest: Digest | None = Digest.parse(str(pointer.get("digest")))
+        except BadRequest:
+            digest = None  # a torn or foreign pointer: a tag that reaches nothing
         refers = (manifest_key(digest),) if digest is not None else ()
         media_type = str(pointer.get("media_type") or OCTET_STREAM)
         label = f"{registry}/{repo}:{tag}"
@@ -220,10 +223,3 @@ async def _read_all(tiers: Tiers, keys: list[str]) -> dict[str, bytes]:
 
     found = await asyncio.gather(*(read(key) for key in keys))
     return {key: data for key, data in zip(keys, found, strict=True) if data is not None}
-
-
-def _digest(text: object) -> Digest | None:
-    try:
-        return Digest.parse(str(text))
-    except BadRequest:
-        return None

@@ -11,12 +11,8 @@ import glob
 import tomllib
 from pathlib import Path
 
-# The CRI tables that hold `config_path`, by containerd config version (3: containerd 2.x).
-_REGISTRY_TABLES = (
-    ("io.containerd.cri.v1.images", "registry"),
-    ("io.containerd.grpc.v1.cri", "registry"),
-    ("cri", "registry"),
-)
+# The CRI plugins whose `registry` table holds `config_path`, by containerd config version (3: containerd 2.x).
+_CRI_PLUGINS = ("io.containerd.cri.v1.images", "io.containerd.grpc.v1.cri", "cri")
 # containerd 2.x reads these when a version 3 config sets no config_path.
 _V3_DEFAULT_CONFIG_PATH = "/etc/containerd/certs.d:/etc/docker/certs.d"
 
@@ -59,9 +55,9 @@ def _config_path(data: dict[str, object]) -> str | None:
     plugins = data.get("plugins")
     if not isinstance(plugins, dict):
         return None
-    for plugin, table in _REGISTRY_TABLES:
+    for plugin in _CRI_PLUGINS:
         section = plugins.get(plugin, {})
-        registry = section.get(table, {}) if isinstance(section, dict) else {}
+        registry = section.get("registry", {}) if isinstance(section, dict) else {}
         if isinstance(registry, dict) and isinstance(registry.get("config_path"), str):
             return registry["config_path"]
     return None
