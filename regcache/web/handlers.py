@@ -131,7 +131,13 @@ class BaseHandler(BodyWriter):
         The registry's Retry-After goes in the error body, not in a header a client would obey.
         """
         if upstream_unavailable(response.status):
-            self.unavailable(response)
+            retry_after = response.headers.get("Retry-After")
+            detail: dict[str, object] = {"upstream_status": response.status}
+            message = f"upstream {self.registry} answered {response.status}"
+            if retry_after:
+                detail["retry_after"] = retry_after[:100]
+                message += f" (Retry-After: {retry_after[:100]})"
+            self.fail(503, "UNAVAILABLE", message + "; fetch from the registry itself", detail)
             return
         self.set_status(response.status)
         self.clear_header("Content-Type")
@@ -152,15 +158,6 @@ class BaseHandler(BodyWriter):
             if length is not None:
                 self.set_header("Content-Length", length)
             self.finish()
-
-    def unavailable(self, response: UpstreamResponse) -> None:
-        retry_after = response.headers.get("Retry-After")
-        detail: dict[str, object] = {"upstream_status": response.status}
-        message = f"upstream {self.registry} answered {response.status}"
-        if retry_after:
-            detail["retry_after"] = retry_after[:100]
-            message += f" (Retry-After: {retry_after[:100]})"
-        self.fail(503, "UNAVAILABLE", message + "; fetch from the registry itself", detail)
 
 
 class PingHandler(BaseHandler):
