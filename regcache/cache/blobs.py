@@ -99,9 +99,8 @@ class BlobService:
         if key is not None:
             stored = await self._store.open(key)
             if stored is not None:
-                size = stored.size
                 await stored.aclose()
-                return Body(ref.digest, size, None, "hit", "disk")
+                return Body(ref.digest, stored.size, None, "hit", "disk")
             shared = await self._store.stat_shared(key)
             if shared is not None:
                 return Body(ref.digest, shared.size, None, "hit", "s3")
