@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,17 +76,17 @@ class BlobService:
         fills: FillMap,
         staging_root: Path,
         health: StorageHealth,
-        redirect: Callable[[str], bool] | None = None,
-        policy: Policy | None = None,
+        s3_redirect: bool,
+        policy: Policy,
     ) -> None:
         self._store = store
         self._upstream = upstream
         self._fills = fills
         self._staging_root = staging_root
         self._health = health
-        # Whether a blob of this registry that is only in S3 is answered with a presigned URL.
-        self._redirect = redirect or (lambda registry: False)
-        self._policy = policy or Policy()
+        # --s3-redirect: a blob only in S3 is answered with a presigned URL.
+        self._s3_redirect = s3_redirect
+        self._policy = policy
         self._access = AccessCheck(upstream, self._policy.private_registries)
 
     async def head(self, ref: BlobRef, client: ClientContext) -> Body | UpstreamAnswer:
@@ -100,9 +99,8 @@ class BlobService:
         if key is not None:
             stored = await self._store.open(key)
             if stored is not None:
-                size = stored.size
                 await stored.aclose()
-                return Body(ref.digest, size, None, "hit", "disk")
+                return Body(ref.digest, stored.size, None, "hit", "disk")
             shared = await self._store.stat_shared(key)
             if shared is not None:
                 return Body(ref.digest, shared.size, None, "hit", "s3")
@@ -137,7 +135,8 @@ class BlobService:
                 if joined is not None:
                     return joined
                 if in_shared:
-                    if self._redirect(ref.registry):
+                    # Private content is served only to clients whose credentials were checked.
+                    if self._s3_redirect and not self._access.applies(ref.registry):
                         try:
                             return Redirect(await self._store.presign(key, REDIRECT_EXPIRY), ref.digest)
                         except Exception as exc:  # noqa: BLE001 - signing is local; stream it instead

@@ -70,15 +70,14 @@ class ListService:
         )
 
     async def get(self, ref: ListRef, client: ClientContext) -> ListAnswer:
-        keep = self._keeps(ref)
-        key = list_key(ref.registry, ref.repo, ref.kind, ref.name)
-        if keep and ref.kind == "referrers":
+        key = list_key(ref.registry, ref.repo, ref.kind, ref.name) if self._keeps(ref) else None
+        if key is not None and ref.kind == "referrers":
             kept = _parse(await self._store.read_small(key))
             if kept is not None and self._policy.tag_is_fresh(kept.fetched_at, time.time()):
                 return ListAnswer("hit", kept.response())
 
         async def fetch() -> ListAnswer:
-            return await self._fetch(ref, client, key if keep else None)
+            return await self._fetch(ref, client, key)
 
         # The credential is part of the key: a list fetched with one client's token is not another's.
         return await self._fetches.run((ref, client.credential_key()), fetch)

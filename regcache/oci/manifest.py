@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from regcache.errors import BadRequest
 from regcache.oci.digest import Digest
 
 
@@ -57,9 +56,7 @@ def references(body: bytes) -> References:
 def _digests(descriptors: list[object], field: str) -> tuple[Digest, ...]:
     found = []
     for descriptor in descriptors:
-        if isinstance(descriptor, dict) and isinstance(descriptor.get(field), str):
-            try:
-                found.append(Digest.parse(descriptor[field]))
-            except BadRequest:
-                continue
+        digest = Digest.parse_or_none(descriptor.get(field)) if isinstance(descriptor, dict) else None
+        if digest is not None:
+            found.append(digest)
     return tuple(found)
