@@ -269,9 +269,6 @@ class S3Tier:
             "delete", lambda: self._client.delete_object(Bucket=self.bucket, Key=self._key(key)), missing_ok=True
         )
 
-    async def put_small(self, key: str, data: bytes) -> None:
-        await self._put(key, data, {}, None)
-
     async def commit(self, key: str, staged: StagedObject) -> None:
         """Upload a verified file under `key`: visible only once whole. The digest the key names
         is recorded as metadata and, for a single PUT, sent as the checksum S3 must verify."""
@@ -282,9 +279,11 @@ class S3Tier:
             return
         data = await asyncio.to_thread(read_range, staged.path, 0, staged.size)
         known = bytes.fromhex(digest.encoded) if digest is not None else None  # key_digest: sha256 only
-        await self._put(key, data, meta, known)
+        await self.put_small(key, data, meta, known)
 
-    async def _put(self, key: str, data: bytes, meta: dict[str, str], known: bytes | None) -> None:
+    async def put_small(
+        self, key: str, data: bytes, meta: dict[str, str] | None = None, known: bytes | None = None
+    ) -> None:
         async def put(sha256: bool) -> None:
             sent = checksum(data, sha256, known)
             answer = await self._call(
@@ -294,7 +293,7 @@ class S3Tier:
                     Key=self._key(key),
                     Body=data,
                     ContentType=content_type(key),
-                    Metadata=meta,
+                    Metadata=meta or {},
                     **sent,
                 ),
                 WRITE_TIMEOUT,
