@@ -15,7 +15,6 @@ import asyncio
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -89,12 +88,10 @@ class Replicator:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    def enqueue(self, key: str) -> None:
-        marker = self._marker(key)
+    async def enqueue(self, key: str) -> None:
         try:
-            temp = marker.with_suffix(".tmp")
-            temp.write_text(json.dumps({"key": key}))
-            os.replace(temp, marker)
+            # Written as the disk writes every small object: whole or not at all.
+            await self._local.put_small(self._marker(key), json.dumps({"key": key}).encode())
         except OSError as exc:
             # Without a marker a restart would forget it; the upload itself can still happen.
             log.warning("cannot record the pending upload of %s: %s", key, exc)
@@ -109,8 +106,8 @@ class Replicator:
         metrics.UPLOADS_PENDING.set(len(self._queued))
         (self._blobs if is_blob(key) else self._small).put_nowait(key)
 
-    def _marker(self, key: str) -> Path:
-        return self._markers / hashlib.sha256(key.encode()).hexdigest()
+    def _marker(self, key: str) -> str:
+        return f"{UPLOADS_DIR}/{hashlib.sha256(key.encode()).hexdigest()}"
 
     async def _work(self, queue: asyncio.Queue[str]) -> None:
         backoff = CircuitBreaker()
@@ -157,7 +154,7 @@ class Replicator:
         return "uploaded"
 
     def _done(self, key: str) -> None:
-        self._marker(key).unlink(missing_ok=True)
+        self._local.unlink(self._marker(key))
         self._queued.discard(key)
         if self._index is not None:
             self._index.unpin(key)

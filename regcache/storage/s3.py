@@ -154,8 +154,8 @@ class S3Tier:
     # --- the one way in -----------------------------------------------------------------------
     async def _call(
         self, op: str, call: Callable[[], Awaitable[T]], timeout: float | None = None, missing_ok: bool = False
-    ) -> T:
-        """Run one S3 call; FileNotFoundError for "no such key" where `missing_ok` (reads),
+    ) -> T | None:
+        """Run one S3 call; None for "no such key" where `missing_ok` (reads and deletes),
         TierUnavailable for every other failure (a write answered 404 is a failure too)."""
         if not self.breaker.available:
             raise TierUnavailable(f"S3 {op}: skipped, the bucket failed moments ago")
@@ -164,7 +164,7 @@ class S3Tier:
         except Exception as exc:  # noqa: BLE001 - translated here, where foreign errors enter
             if missing_ok and _error_code(exc) in _MISSING:
                 self._succeeded()
-                raise FileNotFoundError(op) from None
+                return None
             if _error_code(exc) in _REJECTED:
                 # S3 works; these bytes are wrong. Not an outage: no breaker, no retry.
                 metrics.TIER_ERRORS.labels(self.name, "rejected").inc()
@@ -197,14 +197,13 @@ class S3Tier:
 
     # --- reads --------------------------------------------------------------------------------
     async def stat(self, key: str) -> ObjectInfo | None:
-        try:
-            head = await self._call(
-                "head",
-                lambda: self._client.head_object(Bucket=self.bucket, Key=self._key(key)),
-                LOOKUP_TIMEOUT,
-                missing_ok=True,
-            )
-        except FileNotFoundError:
+        head = await self._call(
+            "head",
+            lambda: self._client.head_object(Bucket=self.bucket, Key=self._key(key)),
+            LOOKUP_TIMEOUT,
+            missing_ok=True,
+        )
+        if head is None:
             return None
         digest = (head.get("Metadata") or {}).get("digest")
         return ObjectInfo(key, int(head["ContentLength"]), digest, _timestamp(head.get("LastModified")))
@@ -222,6 +221,8 @@ class S3Tier:
             LOOKUP_TIMEOUT,
             missing_ok=True,
         )
+        if answer is None:
+            raise FileNotFoundError("get")
         async with answer["Body"] as body:
             if int(answer["ContentLength"]) != end - start:
                 raise TierUnavailable(f"S3 get: asked for {end - start} bytes of {key}, got {answer['ContentLength']}")
@@ -243,10 +244,7 @@ class S3Tier:
             async with answer["Body"] as body:
                 return await body.read()
 
-        try:
-            return await self._call("get", get, LOOKUP_TIMEOUT, missing_ok=True)
-        except FileNotFoundError:
-            return None
+        return await self._call("get", get, LOOKUP_TIMEOUT, missing_ok=True)
 
     async def presign(self, key: str, expires: int) -> str:
         return await self._client.generate_presigned_url(
@@ -267,15 +265,9 @@ class S3Tier:
 
     # --- writes -------------------------------------------------------------------------------
     async def delete(self, key: str) -> None:
-        try:
-            await self._call(
-                "delete", lambda: self._client.delete_object(Bucket=self.bucket, Key=self._key(key)), missing_ok=True
-            )
-        except FileNotFoundError:
-            pass
-
-    async def put_small(self, key: str, data: bytes) -> None:
-        await self._put(key, data, {}, None)
+        await self._call(
+            "delete", lambda: self._client.delete_object(Bucket=self.bucket, Key=self._key(key)), missing_ok=True
+        )
 
     async def commit(self, key: str, staged: StagedObject) -> None:
         """Upload a verified file under `key`: visible only once whole. The digest the key names
@@ -287,9 +279,11 @@ class S3Tier:
             return
         data = await asyncio.to_thread(read_range, staged.path, 0, staged.size)
         known = bytes.fromhex(digest.encoded) if digest is not None else None  # key_digest: sha256 only
-        await self._put(key, data, meta, known)
+        await self.put_small(key, data, meta, known)
 
-    async def _put(self, key: str, data: bytes, meta: dict[str, str], known: bytes | None) -> None:
+    async def put_small(
+        self, key: str, data: bytes, meta: dict[str, str] | None = None, known: bytes | None = None
+    ) -> None:
         async def put(sha256: bool) -> None:
             sent = checksum(data, sha256, known)
             answer = await self._call(
@@ -299,7 +293,7 @@ class S3Tier:
                     Key=self._key(key),
                     Body=data,
                     ContentType=content_type(key),
-                    Metadata=meta,
+                    Metadata=meta or {},
                     **sent,
                 ),
                 WRITE_TIMEOUT,

@@ -116,7 +116,7 @@ class TieredStore:
         if not await self._put_local(key, data):
             return False
         if self.replicator is not None:
-            self.replicator.enqueue(key)
+            await self.replicator.enqueue(key)
         return True
 
     async def _put_local(self, key: str, data: bytes) -> bool:
@@ -139,7 +139,7 @@ class TieredStore:
             self._failed("commit", key, exc)
             return False
         if self.replicator is not None and replicate:
-            self.replicator.enqueue(key)
+            await self.replicator.enqueue(key)
         self._added(key, staged.size)
         return True
 
