@@ -176,7 +176,7 @@ class S3Tier:
 
     def _failed(self, op: str, exc: BaseException) -> None:
         metrics.TIER_ERRORS.labels(self.name, op).inc()
-        first = not self.breaker.failing
+        first = self.breaker.failures == 0
         backoff = self.breaker.failed()
         if first:
             log.warning(
