@@ -71,14 +71,14 @@ class Answer:
 class CacheClient:
     """A regcache at `via` (http:// or https://host[:port]), asked with `?ns=<registry>`."""
 
-    def __init__(self, via: str, idle_timeout: float, cancelled: threading.Event) -> None:
+    def __init__(self, via: str, idle_timeout: float) -> None:
         parts = urllib.parse.urlsplit(via)
         self.via = via
         self._https = parts.scheme == "https"
         self._host = parts.hostname or "127.0.0.1"
         self._port = parts.port or (443 if self._https else 80)
         self._timeout = idle_timeout
-        self._cancelled = cancelled
+        self.cancelled = threading.Event()  # set: every request stops at its next chunk
         self._tokens: dict[tuple[str, str], str] = {}  # (registry, repo) → Authorization
         self._tokens_lock = threading.Lock()
 
@@ -162,7 +162,7 @@ class CacheClient:
         keep: int,
         on_received: Callable[[int], None] | None,
     ) -> Answer:
-        if self._cancelled.is_set():
+        if self.cancelled.is_set():
             raise PrefetchError("interrupted")
         query = f"?ns={urllib.parse.quote(registry, safe=':[]')}" if registry else ""
         connection_class = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
@@ -183,7 +183,7 @@ class CacheClient:
                     on_received(received)
                 if len(body) < limit:
                     body += chunk[: limit - len(body)]
-                if self._cancelled.is_set():
+                if self.cancelled.is_set():
                     raise PrefetchError("interrupted")
             return Answer(response.status, response.headers, bytes(body), received)
         except TimeoutError:

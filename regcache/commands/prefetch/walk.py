@@ -73,12 +73,9 @@ class ImageState:
 class Prefetcher:
     """Walks images through the cache; `platforms` None means every platform of an index."""
 
-    def __init__(
-        self, client: CacheClient, platforms: list[Platform] | None, jobs: int, cancelled: threading.Event
-    ) -> None:
+    def __init__(self, client: CacheClient, platforms: list[Platform] | None, jobs: int) -> None:
         self._client = client
         self._platforms = platforms
-        self._cancelled = cancelled
         self._pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="prefetch-blob")
         self._lock = threading.Lock()
         self._fetches: dict[tuple[str, str], tuple[BlobState, Future[None]]] = {}
@@ -135,12 +132,9 @@ class Prefetcher:
             raise PrefetchError(self._client.manifest(ref.registry, ref.repo, ref.reference).reason())
         if ref.tag is not None:
             state.tag_cache = head.cache_result
-        announced = head.headers.get("Docker-Content-Digest")
-        media_type = _media_type(head)
-        if ref.digest is not None:
-            return str(ref.digest), media_type
-        if announced:
-            return announced, media_type
+        digest = str(ref.digest) if ref.digest is not None else head.headers.get("Docker-Content-Digest")
+        if digest:
+            return digest, _media_type(head)
         got = self._client.manifest(ref.registry, ref.repo, ref.reference)
         if not got.ok:
             raise PrefetchError(got.reason())
