@@ -88,9 +88,9 @@ class CacheClient:
         if answer.headers.get("Docker-Distribution-Api-Version") is None:
             raise PrefetchError(f"{self.via} is not a registry mirror (GET /v2/ answered {answer.status})")
 
-    def manifest(self, registry: str, repo: str, reference: str, method: str = "GET", accept: str = "") -> Answer:
-        """A manifest, whole (they are 4 MiB at most)."""
-        headers = {"Accept": accept or MANIFEST_ACCEPT}
+    def manifest(self, registry: str, repo: str, reference: str, method: str = "GET", media_type: str = "") -> Answer:
+        """A manifest, whole (they are 4 MiB at most); of `media_type` when an index named it."""
+        headers = {"Accept": f"{media_type}, */*" if media_type else MANIFEST_ACCEPT}
         return self._request(method, f"/v2/{repo}/manifests/{reference}", headers, registry, keep=4 << 20)
 
     def drain_blob(

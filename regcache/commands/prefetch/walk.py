@@ -110,8 +110,7 @@ class Prefetcher:
             except PrefetchError as exc:
                 errors.append(str(exc))
         if not state.platforms:
-            platform = _config_platform(state)
-            state.platforms = [platform] if platform else []
+            state.platforms = _config_platform(state)
         if errors:
             raise PrefetchError(errors[0] if len(errors) == 1 else f"{errors[0]} (and {len(errors) - 1} more)")
         if missing:
@@ -151,8 +150,7 @@ class Prefetcher:
         """Fetch a manifest by digest and what it names; what is missing (a platform asked for
         that an index lacks) comes back in words."""
         ref = state.reference
-        accept = f"{media_type}, */*" if media_type else ""
-        answer = self._client.manifest(ref.registry, ref.repo, digest, accept=accept)
+        answer = self._client.manifest(ref.registry, ref.repo, digest, media_type=media_type)
         if not answer.ok:
             raise PrefetchError(f"manifest {digest}: {answer.reason()}")
         if str(Digest.of(answer.body)) != digest:
@@ -235,8 +233,8 @@ class Prefetcher:
         blob.done = True
 
 
-def _config_platform(state: ImageState) -> str | None:
-    """A single-platform image's platform, from its config (None when it does not say)."""
+def _config_platform(state: ImageState) -> list[str]:
+    """A single-platform image's platform, from its config (none when it does not say)."""
     for blob in state.blobs.values():
         if blob.body:
             try:
@@ -247,8 +245,8 @@ def _config_platform(state: ImageState) -> str | None:
                 platform = Platform.normalised(
                     str(config.get("os") or "linux"), config["architecture"], str(config.get("variant") or "")
                 )
-                return str(platform)
-    return None
+                return [str(platform)]
+    return []
 
 
 def _media_type(answer: Answer) -> str:
