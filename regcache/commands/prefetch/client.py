@@ -79,8 +79,8 @@ class CacheClient:
         self._port = parts.port or (443 if self._https else 80)
         self._timeout = idle_timeout
         self.cancelled = threading.Event()  # set: every request stops at its next chunk
-        self._tokens: dict[tuple[str, str], str] = {}  # (registry, repo) → Authorization
-        self._tokens_lock = threading.Lock()
+        # (registry, repo) → Authorization; the walk's threads each get or set one entry, which a dict does atomically.
+        self._tokens: dict[tuple[str, str], str] = {}
 
     def ping(self) -> None:
         """PrefetchError unless a registry API answers at `via` (GET /v2/ as containerd does)."""
@@ -120,8 +120,7 @@ class CacheClient:
         """The answer, after fetching an anonymous token once when the registry asked for one."""
         repo = path.removeprefix("/v2/").rsplit("/", 2)[0]
         key = (registry or "", repo)
-        with self._tokens_lock:
-            known = self._tokens.get(key)
+        known = self._tokens.get(key)
         sent = {**headers, "Authorization": known} if known else headers
         answer = self._exchange(method, path, sent, registry, keep, on_received)
         if answer.status != 401 or registry is None:
@@ -129,8 +128,7 @@ class CacheClient:
         authorization = self._anonymous_token(answer, repo)
         if authorization is None:
             return answer
-        with self._tokens_lock:
-            self._tokens[key] = authorization
+        self._tokens[key] = authorization
         return self._exchange(method, path, {**headers, "Authorization": authorization}, registry, keep, on_received)
 
     def _anonymous_token(self, answer: Answer, repo: str) -> str | None:
