@@ -87,13 +87,11 @@ class Prefetcher:
         """Walk one image; failures end up in `state.error`, never raised."""
         try:
             self._pull(state)
-            state.phase = "done"
         except PrefetchError as exc:
             state.error = str(exc)
-            state.phase = "failed"
         except Exception as exc:  # noqa: BLE001 - a thread's boundary: the image fails, the run goes on
             state.error = f"internal error: {type(exc).__name__}: {exc}"
-            state.phase = "failed"
+        state.phase = "done" if state.error is None else "failed"
 
     def _pull(self, state: ImageState) -> None:
         state.phase = "resolving"
