@@ -69,8 +69,7 @@ def tier_usage(inventory: Inventory, tiers: Tiers) -> list[tuple[str, str, int, 
     """(tier, kind, objects, bytes), a total line per tier."""
     objects_of: Counter[tuple[str, str]] = Counter()  # by (tier, kind)
     bytes_of: Counter[tuple[str, str]] = Counter()
-    kinds = {"tag": "tags", "manifest": "manifests", "blob": "blobs"}
-    objects = [(kinds[item.kind], obj) for item in inventory.items.values() for obj in item.objects]
+    objects = [(f"{item.kind}s", obj) for item in inventory.items.values() for obj in item.objects]
     objects += [("other", obj) for obj in inventory.strays]
     for kind, obj in objects:
         if kind == "blobs" and obj.key.startswith("private/"):

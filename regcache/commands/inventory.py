@@ -159,21 +159,20 @@ async def scan(tiers: Tiers) -> Inventory:
     items: dict[str, Item] = {}
     strays: list[Stored] = []
     manifests = {key: digest for key in stored if (digest := content_digest(key, "manifests")) is not None}
-    bodies = await _read_all(tiers, list(manifests))
-    metas = await _read_all(tiers, [k + ".json" for k in manifests if k + ".json" in stored])
+    tags = {key: parts for key in stored if (parts := tag_parts(key)) is not None}
+    metas = [k + ".json" for k in manifests if k + ".json" in stored]
+    read = await _read_all(tiers, [*manifests, *metas, *tags])
     for key, digest in manifests.items():
-        body = bodies.get(key)
+        body = read.get(key)
         refs: References = references(body) if body is not None else UNREADABLE
-        meta = json_object(metas.get(key + ".json"))
+        meta = json_object(read.get(key + ".json"))
         children = [manifest_key(d) for d in refs.manifests] + [blob_key(d) for d in refs.blobs]
         objects = (stored[key],) + ((stored[key + ".json"],) if key + ".json" in stored else ())
         media_type = str(meta.get("media_type") or OCTET_STREAM) if meta else OCTET_STREAM
         items[key] = Item("manifest", key, objects, str(digest), tuple(children), digest=digest, media_type=media_type)
 
-    tags = {key: parts for key in stored if (parts := tag_parts(key)) is not None}
-    pointers = await _read_all(tiers, list(tags))
     for key, (registry, repo, tag) in tags.items():
-        pointer = json_object(pointers.get(key)) or {}
+        pointer = json_object(read.get(key)) or {}
         try:
             digest: Digest | None = Digest.parse(str(pointer.get("digest")))
         except BadRequest:

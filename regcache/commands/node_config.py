@@ -66,7 +66,7 @@ def configure(hosts: HostsDir, args: argparse.Namespace) -> list[str]:
             said.append(hosts.restore(path))
         for hosts_file in wanted.values():
             said.append(hosts.install(hosts_file, hosts_file.render(mirror, dial_timeout)))
-        if DEFAULT_HOST_DIR in {f.registry for f in wanted.values()}:
+        if f"{DEFAULT_HOST_DIR}/hosts.toml" in wanted:
             for name in hosts.own_dirs_of_other_registries():
                 said.append(
                     f"note: {name} has its own hosts.toml, so pulls from {name} do not use the cache "

@@ -35,15 +35,13 @@ def containerd_reads(config: Path, hosts_dir: Path) -> tuple[bool, str]:
                 found = _config_path(tomllib.loads(Path(name).read_text())) or found
             except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
                 continue
-    table = '[plugins."io.containerd.grpc.v1.cri".registry]'
-    if data.get("version") == 3:
-        table = '[plugins."io.containerd.cri.v1.images".registry]'
     if found is None and data.get("version") == 3:
         found = _V3_DEFAULT_CONFIG_PATH
-    if found is None:
+    if found is None:  # a version 1 or 2 config: its CRI plugin is io.containerd.grpc.v1.cri
         return False, (
             f"{config} sets no config_path, so containerd does not read {hosts_dir}: add "
-            f'`config_path = "{hosts_dir}"` under {table} and restart containerd (this command never edits it)'
+            f'`config_path = "{hosts_dir}"` under [plugins."io.containerd.grpc.v1.cri".registry] and restart '
+            "containerd (this command never edits it)"
         )
     dirs = [Path(d) for d in found.split(":") if d]
     if hosts_dir.resolve() not in [d.resolve() for d in dirs]:

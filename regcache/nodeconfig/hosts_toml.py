@@ -30,8 +30,7 @@ _HOST = re.compile(
 class HostsFile:
     """One hosts.toml to write: where (relative to the hosts dir) and what it says."""
 
-    path: str  # "_default/hosts.toml", "docker.io/hosts.toml"
-    registry: str  # "_default" or the registry's host[:port]
+    path: str  # "<registry host[:port]>/hosts.toml", or "_default/hosts.toml" for every registry
     server: str | None  # the registry's own endpoint, the fallback; None: containerd's default
 
     def render(self, mirror: str, dial_timeout: str) -> str:
@@ -83,7 +82,7 @@ def parse_registry(text: str) -> HostsFile:
     (`http://10.0.0.5:5000`): the name is the directory containerd looks up, the URL the fallback."""
     text = text.strip()
     if text == DEFAULT_HOST_DIR:
-        return HostsFile(f"{DEFAULT_HOST_DIR}/hosts.toml", DEFAULT_HOST_DIR, None)
+        return HostsFile(f"{DEFAULT_HOST_DIR}/hosts.toml", None)
     where = f"--registry {text!r}"
     if "://" in text:
         parts = urllib.parse.urlsplit(text)
@@ -96,7 +95,7 @@ def parse_registry(text: str) -> HostsFile:
     host, port = _split_host_port(name)
     if not _HOST.match(host) or (port and not (port.isdigit() and 0 < int(port) < 65536)):
         raise ConfigError(f"{where}: not a registry host[:port]")
-    return HostsFile(f"{name}/hosts.toml", name, server)
+    return HostsFile(f"{name}/hosts.toml", server)
 
 
 def _split_host_port(name: str) -> tuple[str, str]:

@@ -9,7 +9,6 @@ interrupted.
 from __future__ import annotations
 
 import sys
-import threading
 import time
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
@@ -138,8 +137,7 @@ def main(argv: list[str]) -> int:
             raise ConfigError("--jobs must be at least 1 and --timeout positive")
     except ConfigError as exc:
         parser.exit(2, f"regcache prefetch: error: {exc}\n")
-    cancelled = threading.Event()
-    client = CacheClient(via, args.timeout, cancelled)
+    client = CacheClient(via, args.timeout)
     try:
         client.ping()
     except PrefetchError as exc:
@@ -147,7 +145,7 @@ def main(argv: list[str]) -> int:
         return 1
     states = [ImageState(reference) for reference in references]
     try:
-        run(client, states, platforms, args.jobs, cancelled)
+        run(client, states, platforms, args.jobs)
     except KeyboardInterrupt:
         sys.stderr.write("regcache prefetch: interrupted\n")
         return 130
@@ -156,16 +154,10 @@ def main(argv: list[str]) -> int:
     return 1 if any(state.phase == "failed" for state in states) else 0
 
 
-def run(
-    client: CacheClient,
-    states: list[ImageState],
-    platforms: list[Platform] | None,
-    jobs: int,
-    cancelled: threading.Event,
-) -> None:
+def run(client: CacheClient, states: list[ImageState], platforms: list[Platform] | None, jobs: int) -> None:
     """Walk every image, drawing progress on stderr until all have finished."""
     progress = Progress(sys.stderr, live=sys.stderr.isatty())
-    prefetcher = Prefetcher(client, platforms, jobs, cancelled)
+    prefetcher = Prefetcher(client, platforms, jobs)
     images = ThreadPoolExecutor(max_workers=min(IMAGES_AT_ONCE, len(states)), thread_name_prefix="prefetch-image")
     try:
         walks = [images.submit(prefetcher.pull, state) for state in states]
@@ -174,7 +166,7 @@ def run(
             time.sleep(REDRAW_EVERY)
         progress.update(states)
     except BaseException:
-        cancelled.set()  # the threads stop at their next chunk
+        client.cancelled.set()  # the threads stop at their next chunk
         raise
     finally:
         images.shutdown(wait=True, cancel_futures=True)
