@@ -19,7 +19,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from regcache.commands.common import Tiers
-from regcache.errors import BadRequest
 from regcache.oci.digest import Digest
 from regcache.oci.manifest import UNREADABLE, References, json_object, references
 from regcache.oci.mediatypes import OCTET_STREAM
@@ -140,11 +139,8 @@ def content_digest(key: str, top: str) -> Digest | None:
     parts = key.split("/")
     if len(parts) != 4 or parts[0] != top or parts[2] != parts[3][:2]:
         return None
-    try:
-        digest = Digest.parse(f"{parts[1]}:{parts[3]}")
-    except BadRequest:
-        return None
-    return digest if digest.verifiable else None
+    digest = Digest.parse_or_none(f"{parts[1]}:{parts[3]}")
+    return digest if digest is not None and digest.verifiable else None
 
 
 async def scan(tiers: Tiers) -> Inventory:
@@ -173,10 +169,7 @@ async def scan(tiers: Tiers) -> Inventory:
 
     for key, (registry, repo, tag) in tags.items():
         pointer = json_object(read.get(key)) or {}
-        try:
-            digest: Digest | None = Digest.parse(str(pointer.get("digest")))
-        except BadRequest:
-            digest = None  # a torn or foreign pointer: a tag that reaches nothing
+        digest = Digest.parse_or_none(pointer.get("digest"))  # None: a torn or foreign pointer reaches nothing
         refers = (manifest_key(digest),) if digest is not None else ()
         media_type = str(pointer.get("media_type") or OCTET_STREAM)
         label = f"{registry}/{repo}:{tag}"
