@@ -23,7 +23,6 @@ class CircuitBreaker:
         self._clock = clock
         self._backoff = first
         self._down_until = 0.0
-        self.failing = False
         self.failures = 0  # in a row
 
     @property
@@ -39,14 +38,12 @@ class CircuitBreaker:
         backoff = self._backoff
         self._down_until = self._clock() + backoff
         self._backoff = min(backoff * 2, self._most)
-        self.failing = True
         self.failures += 1
         return backoff
 
     def succeeded(self) -> bool:
         """Close the breaker; True when that ends a run of failures (worth one log line)."""
-        recovered = self.failing
-        self.failing = False
+        recovered = self.failures > 0
         self.failures = 0
         self._backoff = self._first
         return recovered

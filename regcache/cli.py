@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import logging
 import os
 import sys
@@ -18,7 +19,7 @@ from pathlib import Path
 import configargparse
 
 from regcache import __version__
-from regcache.commands import COMMANDS, run
+from regcache.commands import COMMANDS
 from regcache.config import OPTIONS, Settings
 from regcache.credentials import creds_file_warning
 from regcache.errors import ConfigError
@@ -87,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     service_link = drop_service_link_port(os.environ)
     if argv and argv[0] in COMMANDS:
-        return run(argv[0], argv[1:])
+        command = importlib.import_module(f"regcache.commands.{argv[0].replace('-', '_')}")
+        return command.main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

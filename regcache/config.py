@@ -176,9 +176,6 @@ class Option:
     def field(self) -> str:
         return self.into or self.dest
 
-    def value(self, parsed: object) -> object:
-        return self.parse(self.long, parsed)
-
 
 # In --help order. Environment variable REGCACHE_<LONG_NAME>, config-file key <long-name>.
 # Laid out by hand, one option to a row or two, so it reads as the table it is.
@@ -239,7 +236,7 @@ _OPTION_OF_FIELD = {option.field: option for option in OPTIONS}
 def _default(name: str) -> Any:
     """A Settings field defaulting to what a command line without its option gives."""
     option = _OPTION_OF_FIELD[name]
-    return field(default_factory=lambda: option.value(option.default))
+    return field(default_factory=lambda: option.parse(option.long, option.default))
 
 
 @dataclass(frozen=True)
@@ -274,7 +271,7 @@ class Settings:
 
         Then the rules that involve several options; S3 mode bounds the local tier unless told how.
         """
-        settings = cls(**{option.field: option.value(getattr(args, option.dest)) for option in OPTIONS})
+        settings = cls(**{option.field: option.parse(option.long, getattr(args, option.dest)) for option in OPTIONS})
         if settings.bucket is None:
             if settings.s3_redirect:
                 raise ConfigError("--s3-redirect: needs --bucket (it redirects to objects in the bucket)")

@@ -93,9 +93,7 @@ def load_creds_file(path: Path) -> CredentialStore:
         return CredentialStore()
     if not isinstance(data, dict):
         raise ConfigError(f"--creds-file {path}: line 1: expected a mapping of registry: {{username, password}}")
-    lines = {}
-    if isinstance(root, yaml.MappingNode):
-        lines = {str(k.value): k.start_mark.line + 1 for k, _v in root.value}
+    lines = {str(k.value): k.start_mark.line + 1 for k, _v in root.value}  # data is a dict: root is its MappingNode
     entries: dict[str, CredentialEntry] = {}
     for key, value in data.items():
         where = f"--creds-file {path}: line {lines.get(str(key), '?')}: entry {key!r}"

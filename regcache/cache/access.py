@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable
 
 from regcache.cache.context import ClientContext
 from regcache.oci.reference import BlobRef
@@ -25,10 +24,9 @@ MAX_REMEMBERED = 4096
 
 
 class AccessCheck:
-    def __init__(self, upstream: UpstreamClient, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, upstream: UpstreamClient, private: frozenset[str]) -> None:
         self._upstream = upstream
-        self._private = upstream.private_registries
-        self._clock = clock
+        self._private = private
         self._allowed: OrderedDict[tuple[str, ...], float] = OrderedDict()
         self._checks: SingleFlight[tuple[str, ...], UpstreamResponse | None] = SingleFlight()
 
@@ -39,7 +37,7 @@ class AccessCheck:
         """None when the client may read the blob; else the registry's answer to pass on."""
         key = (client.credential_key(), ref.registry, ref.repo, str(ref.digest))
         expires = self._allowed.get(key)
-        if expires is not None and expires > self._clock():
+        if expires is not None and expires > time.monotonic():
             return None
 
         async def check() -> UpstreamResponse | None:
@@ -47,7 +45,7 @@ class AccessCheck:
             response = await self._upstream.fetch(client.request(ref.registry, ref.repo, "HEAD", path))
             if not 200 <= response.status < 300:
                 return response
-            self._allowed[key] = self._clock() + ACCESS_TTL
+            self._allowed[key] = time.monotonic() + ACCESS_TTL
             self._allowed.move_to_end(key)
             while len(self._allowed) > MAX_REMEMBERED:
                 self._allowed.popitem(last=False)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,18 +76,18 @@ class BlobService:
         fills: FillMap,
         staging_root: Path,
         health: StorageHealth,
-        redirect: Callable[[str], bool] | None = None,
-        policy: Policy | None = None,
+        s3_redirect: bool,
+        policy: Policy,
     ) -> None:
         self._store = store
         self._upstream = upstream
         self._fills = fills
         self._staging_root = staging_root
         self._health = health
-        # Whether a blob of this registry that is only in S3 is answered with a presigned URL.
-        self._redirect = redirect or (lambda registry: False)
-        self._access = AccessCheck(upstream)
-        self._policy = policy or Policy()
+        # --s3-redirect: a blob only in S3 is answered with a presigned URL.
+        self._s3_redirect = s3_redirect
+        self._policy = policy
+        self._access = AccessCheck(upstream, self._policy.private_registries)
 
     async def head(self, ref: BlobRef, client: ClientContext) -> Body | UpstreamAnswer:
         """What a HEAD is told; never starts a download. The registry's 2xx with a length is
@@ -100,9 +99,8 @@ class BlobService:
         if key is not None:
             stored = await self._store.open(key)
             if stored is not None:
-                size = stored.size
                 await stored.aclose()
-                return Body(ref.digest, size, None, "hit", "disk")
+                return Body(ref.digest, stored.size, None, "hit", "disk")
             shared = await self._store.stat_shared(key)
             if shared is not None:
                 return Body(ref.digest, shared.size, None, "hit", "s3")
@@ -137,7 +135,8 @@ class BlobService:
                 if joined is not None:
                     return joined
                 if in_shared:
-                    if self._redirect(ref.registry):
+                    # Private content is served only to clients whose credentials were checked.
+                    if self._s3_redirect and not self._access.applies(ref.registry):
                         try:
                             return Redirect(await self._store.presign(key, REDIRECT_EXPIRY), ref.digest)
                         except Exception as exc:  # noqa: BLE001 - signing is local; stream it instead
@@ -145,7 +144,10 @@ class BlobService:
                     origin = FallbackOrigin(S3Origin(self._store, key), origin)
             return await self._start(key, ref, client, origin)
         except StorageError as exc:
-            return await self._uncached(ref, client, exc, wanted)
+            # The cache cannot take it (a full disk, an unwritable dir): the pull goes on uncached.
+            metrics.STORAGE_PASSTHROUGH.inc()
+            self._health.failed(str(exc))
+            return await self._streamed(ref, client, wanted)
 
     async def _authorize(self, ref: BlobRef, client: ClientContext) -> tuple[str | None, UpstreamAnswer | None]:
         """The blob's store key (None: never stored, its digest cannot be checked), or the
@@ -205,15 +207,6 @@ class BlobService:
             return Body(ref.digest, head.size, reader, result, "disk" if hit else head.origin)
         await reader.aclose()
         return UpstreamAnswer(head.passed) if mine else None
-
-    async def _uncached(
-        self, ref: BlobRef, client: ClientContext, cause: StorageError, wanted: RangeSpec | None
-    ) -> BlobAnswer:
-        """The cache cannot take it (a full disk, an unwritable dir): the pull goes on uncached,
-        verified on the way when it is read whole (cache/passthrough.py)."""
-        metrics.STORAGE_PASSTHROUGH.inc()
-        self._health.failed(str(cause))
-        return await self._streamed(ref, client, wanted)
 
     async def _streamed(self, ref: BlobRef, client: ClientContext, wanted: RangeSpec | None) -> BlobAnswer:
         """The registry's answer streamed through and never stored; verified on the way when it

@@ -120,7 +120,9 @@ class Fill:
                 return
             except (UpstreamError, OSError) as exc:
                 if isinstance(exc, CannotResume) or not self._resumable(resumes):
-                    raise _as_regcache_error(origin, exc) from None
+                    if isinstance(exc, UpstreamError):
+                        raise
+                    raise UpstreamError(origin.name, f"the copy from {origin.name} broke off: {exc}") from None
                 resumes += 1
                 log.warning(
                     "fill %s: %s after %d of %d bytes; resuming with a Range request (%d of %d)",
@@ -158,12 +160,6 @@ class Fill:
             self.head.exception()  # retrieved here; readers re-raise it
 
 
-def _as_regcache_error(origin: Origin, exc: Exception) -> RegcacheError:
-    if isinstance(exc, RegcacheError):
-        return exc
-    return UpstreamError(origin.name, f"the copy from {origin.name} broke off: {exc}")
-
-
 class FillMap:
     """The single-flight map: at most one fill per key at a time."""
 
@@ -198,6 +194,3 @@ class FillMap:
         task = asyncio.get_running_loop().create_task(run())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-    def __len__(self) -> int:
-        return len(self._tasks)

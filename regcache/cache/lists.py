@@ -29,6 +29,7 @@ from regcache.cache.manifests import upstream_unavailable
 from regcache.cache.policy import Policy
 from regcache.errors import ListTooLarge, Offline, UpstreamError
 from regcache.oci.listings import ListRef
+from regcache.oci.manifest import json_object
 from regcache.singleflight import SingleFlight
 from regcache.storage.base import list_key
 from regcache.storage.tiered import TieredStore
@@ -69,15 +70,14 @@ class ListService:
         )
 
     async def get(self, ref: ListRef, client: ClientContext) -> ListAnswer:
-        keep = self._keeps(ref)
-        key = list_key(ref.registry, ref.repo, ref.kind, ref.name)
-        if keep and ref.kind == "referrers":
+        key = list_key(ref.registry, ref.repo, ref.kind, ref.name) if self._keeps(ref) else None
+        if key is not None and ref.kind == "referrers":
             kept = _parse(await self._store.read_small(key))
             if kept is not None and self._policy.tag_is_fresh(kept.fetched_at, time.time()):
                 return ListAnswer("hit", kept.response())
 
         async def fetch() -> ListAnswer:
-            return await self._fetch(ref, client, key if keep else None)
+            return await self._fetch(ref, client, key)
 
         # The credential is part of the key: a list fetched with one client's token is not another's.
         return await self._fetches.run((ref, client.credential_key()), fetch)
@@ -105,7 +105,8 @@ class ListService:
             return ListAnswer("skip", response)
         if response.truncated:
             raise ListTooLarge(ref.registry, ref.kind, MAX_LIST_SIZE)
-        if key is None or not _is_json_object(response.body):
+        # Only what parses as the spec's answer is kept: an error page served with a 200 is not.
+        if key is None or json_object(response.body) is None:
             return ListAnswer("skip", response)
         kept = KeptList(time.time(), response.status, _kept_headers(response.headers), response.body)
         stored = await self._store.put_small(key, kept.encode())
@@ -151,14 +152,6 @@ class KeptList:
 def _kept_headers(headers: HTTPHeaders) -> tuple[tuple[str, str], ...]:
     wanted = {name.lower() for name in KEPT_HEADERS}
     return tuple((name, value) for name, value in headers.get_all() if name.lower() in wanted)
-
-
-def _is_json_object(body: bytes) -> bool:
-    """Only what parses as the spec's answer is kept: an error page served with a 200 is not."""
-    try:
-        return isinstance(json.loads(body), dict)
-    except ValueError:
-        return False
 
 
 def _parse(data: bytes | None) -> KeptList | None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from regcache import metrics
 from regcache.cache.context import ClientContext
 from regcache.cache.policy import Policy
-from regcache.errors import BadRequest, DigestMismatch, ManifestTooLarge, UpstreamError
+from regcache.errors import DigestMismatch, ManifestTooLarge, UpstreamError
 from regcache.oci import mediatypes
 from regcache.oci.digest import Digest
 from regcache.oci.manifest import json_object
@@ -103,7 +103,7 @@ class ManifestService:
             return self._serve_stale(ref, stale, f"answered {head.status}")
         if not 200 <= head.status < 300:
             return ManifestAnswer("skip", passed_through=head)
-        if _announced_digest(head) == stale.digest:
+        if Digest.parse_or_none(head.headers.get("Docker-Content-Digest")) == stale.digest:
             pointer = self._pointer(stale)
             await self._store.put_small(tag_key(ref.registry, ref.repo, ref.tag or ""), pointer)
             return ManifestAnswer("hit", stale)
@@ -128,12 +128,9 @@ class ManifestService:
         digest = ref.digest
         fetched_at: float | None = None
         if digest is None:
-            pointer = json_object(await self._store.read_small(tag_key(ref.registry, ref.repo, ref.tag or "")))
-            if pointer is None:
-                return None
-            try:
-                digest = Digest.parse(str(pointer.get("digest")))
-            except BadRequest:
+            pointer = json_object(await self._store.read_small(tag_key(ref.registry, ref.repo, ref.tag or ""))) or {}
+            digest = Digest.parse_or_none(pointer.get("digest"))
+            if digest is None:
                 return None
             raw_time = pointer.get("fetched_at")
             fetched_at = float(raw_time) if isinstance(raw_time, (int, float)) else None
@@ -172,7 +169,7 @@ class ManifestService:
         if response.truncated:
             raise ManifestTooLarge(ref.registry, MAX_MANIFEST_SIZE + 1, MAX_MANIFEST_SIZE)
         digest = Digest.of(response.body)
-        expected = ref.digest or _announced_digest(response)
+        expected = ref.digest or Digest.parse_or_none(response.headers.get("Docker-Content-Digest"))
         if expected is not None and expected.verifiable and expected != digest:
             metrics.VERIFICATION_FAILURES.labels(metrics.registry_label(ref.registry), "digest").inc()
             log.warning("manifest %s/%s:%s: %s", ref.registry, ref.repo, ref.reference, "digest mismatch; not stored")
@@ -204,16 +201,6 @@ class ManifestService:
 def upstream_unavailable(status: int) -> bool:
     """Answers that mean "not now" (rate limit, outage), as opposed to a refusal."""
     return status == 429 or status >= 500
-
-
-def _announced_digest(response: UpstreamResponse) -> Digest | None:
-    announced = response.headers.get("Docker-Content-Digest")
-    if not announced:
-        return None
-    try:
-        return Digest.parse(announced)
-    except BadRequest:
-        return None
 
 
 class HotManifests:

@@ -67,10 +67,6 @@ class Spool:
         self._drained.set()
         self._waiters: list[asyncio.Future[None]] = []
 
-    @property
-    def path(self) -> str:
-        return self.staging.path
-
     def expect(self, size: int | None) -> None:
         """The object's size, from the source's answer: its space is claimed now, so a full disk
         is found before the client is answered (a 503 sends it to the registry), not half-way."""
@@ -202,7 +198,7 @@ class SpoolReader:
     """A client's view of a spool (a ByteSource, and FileBacked for sendfile): its own
     descriptor, valid after the staging file is renamed or removed."""
 
-    def __init__(self, spool: Spool, on_close: Callable[[], None] | None = None) -> None:
+    def __init__(self, spool: Spool, on_close: Callable[[], None]) -> None:
         self._spool = spool
         self._fd = spool.staging.dup()
         # Run once when the reader closes: the fill gives the reader's slot back.
@@ -234,8 +230,7 @@ class SpoolReader:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
-            if self._on_close is not None:
-                self._on_close()
+            self._on_close()
 
 
 def _update(sha256: hashlib._Hash, chunks: list[bytes]) -> None:

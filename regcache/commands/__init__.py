@@ -6,11 +6,4 @@ with "_" for "-" (node-config is node_config). Without a command name, `python -
 
 from __future__ import annotations
 
-import importlib
-
 COMMANDS = ("ls", "du", "verify", "rm", "prune", "prefetch", "node-config")
-
-
-def run(name: str, argv: list[str]) -> int:
-    module = importlib.import_module(f"regcache.commands.{name.replace('-', '_')}")
-    return int(module.main(argv))

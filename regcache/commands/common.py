@@ -45,14 +45,9 @@ def command_parser(name: str, description: str) -> configargparse.ArgumentParser
 class Tiers:
     """The tiers a command works on, in lookup order: the local disk, then the bucket."""
 
-    disk: DiskTier
-    shared: S3Tier | None
+    all: list[Tier]
     # Keys committed locally and not yet in S3 (the replicator's markers): never removed.
     pending: frozenset[str]
-
-    @property
-    def all(self) -> list[Tier]:
-        return [self.disk] if self.shared is None else [self.disk, self.shared]
 
     def named(self, name: str) -> Tier:
         for tier in self.all:
@@ -69,14 +64,14 @@ async def open_tiers(settings: Settings) -> AsyncIterator[Tiers]:
     if not root.is_dir():
         raise CommandError(f"--cache-dir {root}: no such directory (is this the cache dir the server uses?)")
     disk = DiskTier(root, record_use=False)
-    shared = None
-    if settings.bucket is not None:
-        shared = await S3Tier.open_checked(settings.bucket, settings.s3_prefix)
+    if settings.bucket is None:
+        yield Tiers([disk], frozenset())
+        return
+    shared = await S3Tier.open_checked(settings.bucket, settings.s3_prefix)
     try:
-        yield Tiers(disk, shared, pending_uploads(root) if shared is not None else frozenset())
+        yield Tiers([disk, shared], pending_uploads(root))
     finally:
-        if shared is not None:
-            await shared.close()
+        await shared.close()
 
 
 # A command's work, once its arguments and the server's settings are parsed: returns the exit code.
@@ -91,15 +86,12 @@ def run_command(name: str, parser: configargparse.ArgumentParser, argv: list[str
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_namespace(args)
-    except ConfigError as exc:
-        parser.exit(2, f"regcache {name}: error: {exc}\n")
-    # The tiers log for a server ("serving from local disk…"); a command reports failures itself.
-    logging.basicConfig(
-        level=logging.DEBUG if settings.log_level == "debug" else logging.ERROR,
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    try:
+        # The tiers log for a server ("serving from local disk…"); a command reports failures itself.
+        logging.basicConfig(
+            level=logging.DEBUG if settings.log_level == "debug" else logging.ERROR,
+            format="%(levelname)s %(name)s: %(message)s",
+            stream=sys.stderr,
+        )
         return asyncio.run(body(args, settings))
     except (CommandError, ConfigError) as exc:
         print(f"regcache {name}: error: {exc}", file=sys.stderr)

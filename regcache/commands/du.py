@@ -67,25 +67,23 @@ async def _du(args: argparse.Namespace, settings: Settings) -> int:
 
 def tier_usage(inventory: Inventory, tiers: Tiers) -> list[tuple[str, str, int, int]]:
     """(tier, kind, objects, bytes), a total line per tier."""
-    counts: dict[tuple[str, str], list[int]] = {}
-    kinds = {"tag": "tags", "manifest": "manifests", "blob": "blobs"}
-    objects = [(kinds[item.kind], obj) for item in inventory.items.values() for obj in item.objects]
+    objects_of: Counter[tuple[str, str]] = Counter()  # by (tier, kind)
+    bytes_of: Counter[tuple[str, str]] = Counter()
+    objects = [(f"{item.kind}s", obj) for item in inventory.items.values() for obj in item.objects]
     objects += [("other", obj) for obj in inventory.strays]
     for kind, obj in objects:
         if kind == "blobs" and obj.key.startswith("private/"):
             kind = "private blobs"
         for tier in obj.tiers:
             for key in ((tier, kind), (tier, "total")):
-                slot = counts.setdefault(key, [0, 0])
-                slot[0] += 1
-                slot[1] += obj.size
+                objects_of[key] += 1
+                bytes_of[key] += obj.size
     order = ["tags", "manifests", "blobs", "private blobs", "other", "total"]
     rows = []
     for tier in tiers.all:
         for kind in order:
-            if (tier.name, kind) in counts or kind == "total":
-                count, size = counts.get((tier.name, kind), [0, 0])
-                rows.append((tier.name, kind, count, size))
+            if (tier.name, kind) in objects_of or kind == "total":
+                rows.append((tier.name, kind, objects_of[tier.name, kind], bytes_of[tier.name, kind]))
     return rows
 
 

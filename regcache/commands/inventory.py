@@ -19,7 +19,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from regcache.commands.common import Tiers
-from regcache.errors import BadRequest
 from regcache.oci.digest import Digest
 from regcache.oci.manifest import UNREADABLE, References, json_object, references
 from regcache.oci.mediatypes import OCTET_STREAM
@@ -140,11 +139,8 @@ def content_digest(key: str, top: str) -> Digest | None:
     parts = key.split("/")
     if len(parts) != 4 or parts[0] != top or parts[2] != parts[3][:2]:
         return None
-    try:
-        digest = Digest.parse(f"{parts[1]}:{parts[3]}")
-    except BadRequest:
-        return None
-    return digest if digest.verifiable else None
+    digest = Digest.parse_or_none(f"{parts[1]}:{parts[3]}")
+    return digest if digest is not None and digest.verifiable else None
 
 
 async def scan(tiers: Tiers) -> Inventory:
@@ -159,22 +155,21 @@ async def scan(tiers: Tiers) -> Inventory:
     items: dict[str, Item] = {}
     strays: list[Stored] = []
     manifests = {key: digest for key in stored if (digest := content_digest(key, "manifests")) is not None}
-    bodies = await _read_all(tiers, list(manifests))
-    metas = await _read_all(tiers, [k + ".json" for k in manifests if k + ".json" in stored])
+    tags = {key: parts for key in stored if (parts := tag_parts(key)) is not None}
+    metas = [k + ".json" for k in manifests if k + ".json" in stored]
+    read = await _read_all(tiers, [*manifests, *metas, *tags])
     for key, digest in manifests.items():
-        body = bodies.get(key)
+        body = read.get(key)
         refs: References = references(body) if body is not None else UNREADABLE
-        meta = json_object(metas.get(key + ".json"))
+        meta = json_object(read.get(key + ".json"))
         children = [manifest_key(d) for d in refs.manifests] + [blob_key(d) for d in refs.blobs]
         objects = (stored[key],) + ((stored[key + ".json"],) if key + ".json" in stored else ())
         media_type = str(meta.get("media_type") or OCTET_STREAM) if meta else OCTET_STREAM
         items[key] = Item("manifest", key, objects, str(digest), tuple(children), digest=digest, media_type=media_type)
 
-    tags = {key: parts for key in stored if (parts := tag_parts(key)) is not None}
-    pointers = await _read_all(tiers, list(tags))
     for key, (registry, repo, tag) in tags.items():
-        pointer = json_object(pointers.get(key)) or {}
-        digest = _digest(pointer.get("digest"))
+        pointer = json_object(read.get(key)) or {}
+        digest = Digest.parse_or_none(pointer.get("digest"))  # None: a torn or foreign pointer reaches nothing
         refers = (manifest_key(digest),) if digest is not None else ()
         media_type = str(pointer.get("media_type") or OCTET_STREAM)
         label = f"{registry}/{repo}:{tag}"
@@ -220,10 +215,3 @@ async def _read_all(tiers: Tiers, keys: list[str]) -> dict[str, bytes]:
 
     found = await asyncio.gather(*(read(key) for key in keys))
     return {key: data for key, data in zip(keys, found, strict=True) if data is not None}
-
-
-def _digest(text: object) -> Digest | None:
-    try:
-        return Digest.parse(str(text))
-    except BadRequest:
-        return None

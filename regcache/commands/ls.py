@@ -70,7 +70,7 @@ def image_size(inventory: Inventory, row: Item) -> tuple[int, int]:
 
 def _print_table(inventory: Inventory, tiers: Tiers, rows: list[Item], full: bool) -> None:
     now = time.time()
-    shared = tiers.shared is not None
+    shared = len(tiers.all) > 1  # a bucket behind the disk
     headers = ["REGISTRY", "REPOSITORY", "TAG", "DIGEST", "SIZE", "LAST USE"] + (["TIERS"] if shared else [])
     lines = []
     for row in rows:

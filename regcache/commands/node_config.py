@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from regcache.nodeconfig import NodeConfigError
+from regcache.errors import ConfigError
 from regcache.nodeconfig.containerd_config import containerd_reads
 from regcache.nodeconfig.hosts_dir import HostsDir
 from regcache.nodeconfig.hosts_toml import DEFAULT_HOST_DIR, parse_dial_timeout, parse_mirror, parse_registry
@@ -66,7 +66,7 @@ def configure(hosts: HostsDir, args: argparse.Namespace) -> list[str]:
             said.append(hosts.restore(path))
         for hosts_file in wanted.values():
             said.append(hosts.install(hosts_file, hosts_file.render(mirror, dial_timeout)))
-        if DEFAULT_HOST_DIR in {f.registry for f in wanted.values()}:
+        if f"{DEFAULT_HOST_DIR}/hosts.toml" in wanted:
             for name in hosts.own_dirs_of_other_registries():
                 said.append(
                     f"note: {name} has its own hosts.toml, so pulls from {name} do not use the cache "
@@ -88,10 +88,10 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     try:
         if not args.restore and not args.mirror:
-            raise NodeConfigError("--mirror URL is required (or --restore)")
+            raise ConfigError("--mirror URL is required (or --restore)")
         hosts = HostsDir(Path(args.hosts_dir))
         said = restore(hosts) if args.restore else configure(hosts, args)
-    except NodeConfigError as exc:
+    except ConfigError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:

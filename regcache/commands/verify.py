@@ -74,7 +74,10 @@ async def _verify_tier(tier: Tier, delete: bool, findings: list[Finding], checke
     slots = asyncio.Semaphore(HASHING_AT_ONCE)
     listed = [info for prefix in ("blobs/", "manifests/", "private/") async for info in tier.entries(prefix)]
 
-    async def check(info: ObjectInfo, expected: Digest) -> None:
+    async def check(info: ObjectInfo) -> None:
+        expected = _expected(info.key)
+        if expected is None:
+            return  # not a content key (a manifest's metadata, a stray file)
         async with slots:
             actual = await _hash(tier, info.key)
         if actual is None:
@@ -93,12 +96,7 @@ async def _verify_tier(tier: Tier, delete: bool, findings: list[Finding], checke
         if report:
             _print_bad(finding)
 
-    checks = []
-    for info in listed:
-        expected = _expected(info.key)
-        if expected is not None:
-            checks.append(check(info, expected))
-    await asyncio.gather(*checks)
+    await asyncio.gather(*(check(info) for info in listed))
 
 
 def _expected(key: str) -> Digest | None:

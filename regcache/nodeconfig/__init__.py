@@ -6,9 +6,3 @@ writes such files into containerd's hosts dir and keeps what it needs to put the
 command line (`python -m regcache node-config`) is `regcache.commands.node_config`; the Helm
 chart's node-config DaemonSet runs that same command on every node.
 """
-
-from __future__ import annotations
-
-
-class NodeConfigError(Exception):
-    """A problem the operator must fix before anything is written: one line, exit status 2."""

@@ -11,12 +11,8 @@ import glob
 import tomllib
 from pathlib import Path
 
-# The CRI tables that hold `config_path`, by containerd config version (3: containerd 2.x).
-_REGISTRY_TABLES = (
-    ("io.containerd.cri.v1.images", "registry"),
-    ("io.containerd.grpc.v1.cri", "registry"),
-    ("cri", "registry"),
-)
+# The CRI plugins whose `registry` table holds `config_path`, by containerd config version (3: containerd 2.x).
+_CRI_PLUGINS = ("io.containerd.cri.v1.images", "io.containerd.grpc.v1.cri", "cri")
 # containerd 2.x reads these when a version 3 config sets no config_path.
 _V3_DEFAULT_CONFIG_PATH = "/etc/containerd/certs.d:/etc/docker/certs.d"
 
@@ -39,15 +35,13 @@ def containerd_reads(config: Path, hosts_dir: Path) -> tuple[bool, str]:
                 found = _config_path(tomllib.loads(Path(name).read_text())) or found
             except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
                 continue
-    table = '[plugins."io.containerd.grpc.v1.cri".registry]'
-    if data.get("version") == 3:
-        table = '[plugins."io.containerd.cri.v1.images".registry]'
     if found is None and data.get("version") == 3:
         found = _V3_DEFAULT_CONFIG_PATH
-    if found is None:
+    if found is None:  # a version 1 or 2 config: its CRI plugin is io.containerd.grpc.v1.cri
         return False, (
             f"{config} sets no config_path, so containerd does not read {hosts_dir}: add "
-            f'`config_path = "{hosts_dir}"` under {table} and restart containerd (this command never edits it)'
+            f'`config_path = "{hosts_dir}"` under [plugins."io.containerd.grpc.v1.cri".registry] and restart '
+            "containerd (this command never edits it)"
         )
     dirs = [Path(d) for d in found.split(":") if d]
     if hosts_dir.resolve() not in [d.resolve() for d in dirs]:
@@ -59,9 +53,9 @@ def _config_path(data: dict[str, object]) -> str | None:
     plugins = data.get("plugins")
     if not isinstance(plugins, dict):
         return None
-    for plugin, table in _REGISTRY_TABLES:
+    for plugin in _CRI_PLUGINS:
         section = plugins.get(plugin, {})
-        registry = section.get(table, {}) if isinstance(section, dict) else {}
+        registry = section.get("registry", {}) if isinstance(section, dict) else {}
         if isinstance(registry, dict) and isinstance(registry.get("config_path"), str):
             return registry["config_path"]
     return None

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from regcache.nodeconfig import NodeConfigError
+from regcache.errors import ConfigError
 from regcache.nodeconfig.hosts_toml import DEFAULT_HOST_DIR, MARKER, HostsFile
 
 STATE_DIR = ".regcache-node-config"
@@ -39,11 +39,11 @@ class HostsDir:
 
     def __init__(self, root: Path) -> None:
         if not root.exists():
-            raise NodeConfigError(
+            raise ConfigError(
                 f"--hosts-dir {root}: does not exist (containerd's hosts dir, e.g. /etc/containerd/certs.d)"
             )
         if not root.is_dir():
-            raise NodeConfigError(f"--hosts-dir {root}: not a directory")
+            raise ConfigError(f"--hosts-dir {root}: not a directory")
         self.root = root
         self.state_dir = root / STATE_DIR
         self.state_file = self.state_dir / "state.json"
@@ -59,7 +59,7 @@ class HostsDir:
             self.state_dir.mkdir(exist_ok=True)
             lock = open(self.state_dir / "lock", "a")  # noqa: SIM115 - held for the block
         except OSError as exc:
-            raise NodeConfigError(f"--hosts-dir {self.root}: not writable ({exc.strerror})") from None
+            raise ConfigError(f"--hosts-dir {self.root}: not writable ({exc.strerror})") from None
         with lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if self.state_file.exists():
@@ -73,7 +73,7 @@ class HostsDir:
             recorded = json.loads(self.state_file.read_text())["files"]
             return {path: Change(**change) for path, change in recorded.items()}
         except (ValueError, KeyError, TypeError, AttributeError):
-            raise NodeConfigError(
+            raise ConfigError(
                 f"{self.state_file}: not a record regcache can read; its backups are in {self.state_dir}/backup"
             ) from None
 

@@ -14,7 +14,7 @@ import urllib.parse
 from dataclasses import dataclass
 
 from regcache.config import BUILTIN_UPSTREAMS
-from regcache.nodeconfig import NodeConfigError
+from regcache.errors import ConfigError
 
 DEFAULT_HOST_DIR = "_default"  # containerd's name for "every registry without its own directory"
 # The first line of every file regcache writes: how a later run or --restore knows its own files.
@@ -30,8 +30,7 @@ _HOST = re.compile(
 class HostsFile:
     """One hosts.toml to write: where (relative to the hosts dir) and what it says."""
 
-    path: str  # "_default/hosts.toml", "docker.io/hosts.toml"
-    registry: str  # "_default" or the registry's host[:port]
+    path: str  # "<registry host[:port]>/hosts.toml", or "_default/hosts.toml" for every registry
     server: str | None  # the registry's own endpoint, the fallback; None: containerd's default
 
     def render(self, mirror: str, dial_timeout: str) -> str:
@@ -63,18 +62,18 @@ def parse_mirror(text: str) -> str:
     parts = urllib.parse.urlsplit(text.strip())
     where = f"--mirror {text!r}"
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise NodeConfigError(f"{where}: expected http://HOST:PORT or https://HOST[:PORT]")
+        raise ConfigError(f"{where}: expected http://HOST:PORT or https://HOST[:PORT]")
     if parts.username or parts.password or parts.query or parts.fragment or parts.path not in ("", "/"):
-        raise NodeConfigError(f"{where}: only scheme, host and port (regcache serves /v2/ at its root)")
+        raise ConfigError(f"{where}: only scheme, host and port (regcache serves /v2/ at its root)")
     host = (parts.hostname or "").lower()
     if parts.netloc.startswith("["):
         host = f"[{host}]"
     try:
         port = parts.port
     except ValueError:
-        raise NodeConfigError(f"{where}: the port is not a number from 1 to 65535") from None
+        raise ConfigError(f"{where}: the port is not a number from 1 to 65535") from None
     if not _HOST.match(host):
-        raise NodeConfigError(f"{where}: the host is not a host name or IP address")
+        raise ConfigError(f"{where}: the host is not a host name or IP address")
     return f"{parts.scheme}://{host}" + (f":{port}" if port else "")
 
 
@@ -83,23 +82,20 @@ def parse_registry(text: str) -> HostsFile:
     (`http://10.0.0.5:5000`): the name is the directory containerd looks up, the URL the fallback."""
     text = text.strip()
     if text == DEFAULT_HOST_DIR:
-        return HostsFile(f"{DEFAULT_HOST_DIR}/hosts.toml", DEFAULT_HOST_DIR, None)
+        return HostsFile(f"{DEFAULT_HOST_DIR}/hosts.toml", None)
     where = f"--registry {text!r}"
     if "://" in text:
         parts = urllib.parse.urlsplit(text)
         if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/"):
-            raise NodeConfigError(f"{where}: expected a registry name or http(s)://HOST[:PORT]")
-        name = parts.netloc.lower()
-        server = f"{parts.scheme}://{name}"
-        if name == "docker.io":
-            server = BUILTIN_UPSTREAMS[name]
+            raise ConfigError(f"{where}: expected a registry name or http(s)://HOST[:PORT]")
+        scheme, name = parts.scheme, parts.netloc.lower()
     else:
-        name = text.lower()
-        server = BUILTIN_UPSTREAMS.get(name, f"https://{name}")
+        scheme, name = "https", text.lower()
+    server = BUILTIN_UPSTREAMS.get(name, f"{scheme}://{name}")
     host, port = _split_host_port(name)
     if not _HOST.match(host) or (port and not (port.isdigit() and 0 < int(port) < 65536)):
-        raise NodeConfigError(f"{where}: not a registry host[:port]")
-    return HostsFile(f"{name}/hosts.toml", name, server)
+        raise ConfigError(f"{where}: not a registry host[:port]")
+    return HostsFile(f"{name}/hosts.toml", server)
 
 
 def _split_host_port(name: str) -> tuple[str, str]:
@@ -113,5 +109,5 @@ def _split_host_port(name: str) -> tuple[str, str]:
 def parse_dial_timeout(text: str) -> str:
     """A duration containerd accepts, and not zero (which would mean no timeout at all)."""
     if not _GO_DURATION.match(text) or not re.search(r"[1-9]", text):
-        raise NodeConfigError(f"--dial-timeout {text!r}: expected a duration such as 200ms or 1s")
+        raise ConfigError(f"--dial-timeout {text!r}: expected a duration such as 200ms or 1s")
     return text

@@ -31,6 +31,14 @@ class Digest:
         return cls(algorithm, encoded)
 
     @classmethod
+    def parse_or_none(cls, text: object) -> Digest | None:
+        """A digest read from a stored object or an upstream's header; None when it is not one."""
+        try:
+            return cls.parse(str(text))
+        except BadRequest:
+            return None
+
+    @classmethod
     def of(cls, data: bytes) -> Digest:
         return cls("sha256", hashlib.sha256(data).hexdigest())
 

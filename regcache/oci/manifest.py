@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from regcache.errors import BadRequest
 from regcache.oci.digest import Digest
 
 
@@ -36,11 +35,8 @@ def json_object(data: bytes | None) -> dict | None:
 
 def references(body: bytes) -> References:
     """The digests a manifest body names, whatever its media type (the body says which it is)."""
-    try:
-        document = json.loads(body)
-    except ValueError:
-        return UNREADABLE
-    if not isinstance(document, dict):
+    document = json_object(body)
+    if document is None:
         return UNREADABLE
     if isinstance(document.get("manifests"), list):
         return References(manifests=_digests(document["manifests"], "digest"))
@@ -60,9 +56,7 @@ def references(body: bytes) -> References:
 def _digests(descriptors: list[object], field: str) -> tuple[Digest, ...]:
     found = []
     for descriptor in descriptors:
-        if isinstance(descriptor, dict) and isinstance(descriptor.get(field), str):
-            try:
-                found.append(Digest.parse(descriptor[field]))
-            except BadRequest:
-                continue
+        digest = Digest.parse_or_none(descriptor.get(field)) if isinstance(descriptor, dict) else None
+        if digest is not None:
+            found.append(digest)
     return tuple(found)

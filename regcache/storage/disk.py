@@ -78,12 +78,16 @@ class DiskTier:
     def _path(self, key: str) -> Path:
         return self.root / key
 
-    async def stat(self, key: str) -> ObjectInfo | None:
+    def _stat(self, key: str) -> os.stat_result | None:
+        """The stored file's stat; None when there is none (a path through a file is none too)."""
         try:
-            st = os.stat(self._path(key))
+            return os.stat(self._path(key))
         except (FileNotFoundError, NotADirectoryError):
             return None
-        return ObjectInfo(key, st.st_size, modified=st.st_mtime)
+
+    async def stat(self, key: str) -> ObjectInfo | None:
+        st = self._stat(key)
+        return None if st is None else ObjectInfo(key, st.st_size, modified=st.st_mtime)
 
     async def open(self, key: str, on_close: Callable[[], None] | None = None) -> FileSource | None:
         """The stored file, or None; `on_close` runs once when the source is closed. A use."""
@@ -97,11 +101,8 @@ class DiskTier:
 
     def stored(self, key: str) -> StoredFile | None:
         """The stored file of `key` as something another tier's `commit` can copy; None if absent."""
-        path = self._path(key)
-        try:
-            return StoredFile(str(path), os.stat(path).st_size)
-        except (FileNotFoundError, NotADirectoryError):
-            return None
+        st = self._stat(key)
+        return None if st is None else StoredFile(str(self._path(key)), st.st_size)
 
     async def read_small(self, key: str) -> bytes | None:
         """The object's bytes, or None. A use."""
@@ -140,14 +141,10 @@ class DiskTier:
 
     def exists(self, key: str) -> bool:
         """Whether the object is stored (a hot manifest's check): a use."""
-        path = self._path(key)
-        try:
-            st = os.stat(path)
-        except (FileNotFoundError, NotADirectoryError):
+        st = self._stat(key)
+        if st is None or not stat.S_ISREG(st.st_mode):
             return False
-        if not stat.S_ISREG(st.st_mode):
-            return False
-        self._note_use(path, st.st_mtime)
+        self._note_use(self._path(key), st.st_mtime)
         return True
 
     async def entries(self, prefix: str) -> AsyncIterator[ObjectInfo]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
@@ -16,8 +15,7 @@ REPORT_INTERVAL = 60.0
 
 
 class StorageHealth:
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self._clock = clock
+    def __init__(self) -> None:
         self.last_failure: float | None = None
         self.reason = ""
         self._last_report = float("-inf")
@@ -25,7 +23,7 @@ class StorageHealth:
 
     def failed(self, reason: str) -> None:
         """A pull went around the cache because storage failed; log at most once a minute."""
-        now = self._clock()
+        now = time.monotonic()
         self.last_failure, self.reason = now, reason
         self._unreported += 1
         if now - self._last_report >= REPORT_INTERVAL:
@@ -38,6 +36,6 @@ class StorageHealth:
 
     def trouble(self) -> str | None:
         """The reason storage failed within the last minute, if it did."""
-        if self.last_failure is not None and self._clock() - self.last_failure < REPORT_INTERVAL:
+        if self.last_failure is not None and time.monotonic() - self.last_failure < REPORT_INTERVAL:
             return self.reason
         return None

@@ -72,8 +72,6 @@ class LocalIndex:
     def victims(self) -> list[str]:
         """Least recently used unpinned keys to drop to get under the limit (removed here)."""
         chosen: list[str] = []
-        if self.total <= self.limit:
-            return chosen
         excess = self.total - self.limit
         for key, size in self._sizes.items():
             if excess <= 0:

@@ -15,7 +15,6 @@ import asyncio
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -55,9 +54,7 @@ def is_blob(key: str) -> bool:
 
 
 class Replicator:
-    def __init__(
-        self, local: DiskTier, shared: Tier, index: LocalIndex | None, on_done: Callable[[], None] | None = None
-    ) -> None:
+    def __init__(self, local: DiskTier, shared: Tier, index: LocalIndex | None, on_done: Callable[[], None]) -> None:
         self._local = local
         self._markers = local.root / UPLOADS_DIR
         self._markers.mkdir(parents=True, exist_ok=True)
@@ -91,12 +88,10 @@ class Replicator:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    def enqueue(self, key: str) -> None:
-        marker = self._marker(key)
+    async def enqueue(self, key: str) -> None:
         try:
-            temp = marker.with_suffix(".tmp")
-            temp.write_text(json.dumps({"key": key}))
-            os.replace(temp, marker)
+            # Written as the disk writes every small object: whole or not at all.
+            await self._local.put_small(self._marker(key), json.dumps({"key": key}).encode())
         except OSError as exc:
             # Without a marker a restart would forget it; the upload itself can still happen.
             log.warning("cannot record the pending upload of %s: %s", key, exc)
@@ -111,8 +106,8 @@ class Replicator:
         metrics.UPLOADS_PENDING.set(len(self._queued))
         (self._blobs if is_blob(key) else self._small).put_nowait(key)
 
-    def _marker(self, key: str) -> Path:
-        return self._markers / hashlib.sha256(key.encode()).hexdigest()
+    def _marker(self, key: str) -> str:
+        return f"{UPLOADS_DIR}/{hashlib.sha256(key.encode()).hexdigest()}"
 
     async def _work(self, queue: asyncio.Queue[str]) -> None:
         backoff = CircuitBreaker()
@@ -134,8 +129,6 @@ class Replicator:
                 except TierUnavailable:
                     # Counted and logged (once per burst) by the tier; hold the lane and retry.
                     await asyncio.sleep(backoff.failed())
-                except asyncio.CancelledError:
-                    raise
                 except Exception:  # a task boundary: log, count, drop this one, keep the lane
                     log.exception("upload of %s to S3 failed", key)
                     result = "error"
@@ -161,10 +154,9 @@ class Replicator:
         return "uploaded"
 
     def _done(self, key: str) -> None:
-        self._marker(key).unlink(missing_ok=True)
+        self._local.unlink(self._marker(key))
         self._queued.discard(key)
         if self._index is not None:
             self._index.unpin(key)
         metrics.UPLOADS_PENDING.set(len(self._queued))
-        if self._on_done is not None:
-            self._on_done()
+        self._on_done()

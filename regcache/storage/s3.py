@@ -9,13 +9,17 @@ INFO when it answers again; every failure is counted in `regcache_tier_errors_to
 
 Uploads ask S3 to verify the bytes: `ChecksumSHA256` (for a single PUT of a blob that is the
 blob's own digest, so S3 refuses anything that is not the blob); a store that neither checks nor
-echoes the checksum is switched to `Content-MD5`, which every S3 implementation checks.
+echoes the checksum is switched to `Content-MD5`, which every S3 implementation checks. A file
+larger than a part goes up as one multipart upload (create, parts, complete, or abort on any
+failure so no parts are left behind). Parts are sized from the object (as s3fs's `_put_file`
+does): 16 MiB, a few in memory at once, unless S3's 10,000-part limit needs larger ones.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
@@ -34,15 +38,7 @@ from regcache.storage.base import (
     content_type,
     key_digest,
 )
-from regcache.storage.multipart import (
-    MIN_PART_SIZE,
-    WRITE_TIMEOUT,
-    ChecksumIgnored,
-    checksum,
-    confirm,
-    read_range,
-    send_file,
-)
+from regcache.storage.multipart import MIN_PART_SIZE, ChecksumIgnored, checksum, confirm, part_size, read_range
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +50,10 @@ LOOKUP_TIMEOUT = 5.0
 CHECK_TIMEOUT = 10.0
 _MISSING = frozenset(("404", "NoSuchKey", "NotFound"))
 _REJECTED = frozenset(("BadDigest", "InvalidDigest", "XAmzContentChecksumMismatch", "XAmzContentSHA256Mismatch"))
+PARALLEL_PARTS = 3
+# One PUT of at most a part's size, or a completion: a store that accepts the connection and
+# then never answers must not hold an upload lane forever.
+WRITE_TIMEOUT = 120.0
 
 
 def _error_code(exc: BaseException) -> str:
@@ -154,19 +154,17 @@ class S3Tier:
     # --- the one way in -----------------------------------------------------------------------
     async def _call(
         self, op: str, call: Callable[[], Awaitable[T]], timeout: float | None = None, missing_ok: bool = False
-    ) -> T:
-        """Run one S3 call; FileNotFoundError for "no such key" where `missing_ok` (reads),
+    ) -> T | None:
+        """Run one S3 call; None for "no such key" where `missing_ok` (reads and deletes),
         TierUnavailable for every other failure (a write answered 404 is a failure too)."""
         if not self.breaker.available:
             raise TierUnavailable(f"S3 {op}: skipped, the bucket failed moments ago")
         try:
             result = await (call() if timeout is None else asyncio.wait_for(call(), timeout))
-        except asyncio.CancelledError:
-            raise
         except Exception as exc:  # noqa: BLE001 - translated here, where foreign errors enter
             if missing_ok and _error_code(exc) in _MISSING:
                 self._succeeded()
-                raise FileNotFoundError(op) from None
+                return None
             if _error_code(exc) in _REJECTED:
                 # S3 works; these bytes are wrong. Not an outage: no breaker, no retry.
                 metrics.TIER_ERRORS.labels(self.name, "rejected").inc()
@@ -178,7 +176,7 @@ class S3Tier:
 
     def _failed(self, op: str, exc: BaseException) -> None:
         metrics.TIER_ERRORS.labels(self.name, op).inc()
-        first = not self.breaker.failing
+        first = self.breaker.failures == 0
         backoff = self.breaker.failed()
         if first:
             log.warning(
@@ -199,14 +197,13 @@ class S3Tier:
 
     # --- reads --------------------------------------------------------------------------------
     async def stat(self, key: str) -> ObjectInfo | None:
-        try:
-            head = await self._call(
-                "head",
-                lambda: self._client.head_object(Bucket=self.bucket, Key=self._key(key)),
-                LOOKUP_TIMEOUT,
-                missing_ok=True,
-            )
-        except FileNotFoundError:
+        head = await self._call(
+            "head",
+            lambda: self._client.head_object(Bucket=self.bucket, Key=self._key(key)),
+            LOOKUP_TIMEOUT,
+            missing_ok=True,
+        )
+        if head is None:
             return None
         digest = (head.get("Metadata") or {}).get("digest")
         return ObjectInfo(key, int(head["ContentLength"]), digest, _timestamp(head.get("LastModified")))
@@ -224,6 +221,8 @@ class S3Tier:
             LOOKUP_TIMEOUT,
             missing_ok=True,
         )
+        if answer is None:
+            raise FileNotFoundError("get")
         async with answer["Body"] as body:
             if int(answer["ContentLength"]) != end - start:
                 raise TierUnavailable(f"S3 get: asked for {end - start} bytes of {key}, got {answer['ContentLength']}")
@@ -231,8 +230,6 @@ class S3Tier:
             while position < end:
                 try:
                     chunk = await body.read(min(CHUNK, end - position))
-                except asyncio.CancelledError:
-                    raise
                 except Exception as exc:  # noqa: BLE001 - a dropped S3 stream, translated
                     self._failed("get", exc)
                     raise TierUnavailable(f"S3 get: {_describe(exc)}") from None
@@ -247,10 +244,7 @@ class S3Tier:
             async with answer["Body"] as body:
                 return await body.read()
 
-        try:
-            return await self._call("get", get, LOOKUP_TIMEOUT, missing_ok=True)
-        except FileNotFoundError:
-            return None
+        return await self._call("get", get, LOOKUP_TIMEOUT, missing_ok=True)
 
     async def presign(self, key: str, expires: int) -> str:
         return await self._client.generate_presigned_url(
@@ -271,15 +265,9 @@ class S3Tier:
 
     # --- writes -------------------------------------------------------------------------------
     async def delete(self, key: str) -> None:
-        try:
-            await self._call(
-                "delete", lambda: self._client.delete_object(Bucket=self.bucket, Key=self._key(key)), missing_ok=True
-            )
-        except FileNotFoundError:
-            pass
-
-    async def put_small(self, key: str, data: bytes) -> None:
-        await self._put(key, data, {}, None)
+        await self._call(
+            "delete", lambda: self._client.delete_object(Bucket=self.bucket, Key=self._key(key)), missing_ok=True
+        )
 
     async def commit(self, key: str, staged: StagedObject) -> None:
         """Upload a verified file under `key`: visible only once whole. The digest the key names
@@ -287,16 +275,15 @@ class S3Tier:
         digest = key_digest(key)
         meta = {"digest": str(digest)} if digest else {}
         if staged.size > MIN_PART_SIZE:
-            where = {"Bucket": self.bucket, "Key": self._key(key)}
-            await self._checked(
-                lambda sha256: send_file(self._call, self._client, where, sha256, staged, content_type(key), meta)
-            )
+            await self._checked(lambda sha256: self._send_parts(key, staged, sha256, meta))
             return
         data = await asyncio.to_thread(read_range, staged.path, 0, staged.size)
-        known = bytes.fromhex(digest.encoded) if digest is not None and digest.algorithm == "sha256" else None
-        await self._put(key, data, meta, known)
+        known = bytes.fromhex(digest.encoded) if digest is not None else None  # key_digest: sha256 only
+        await self.put_small(key, data, meta, known)
 
-    async def _put(self, key: str, data: bytes, meta: dict[str, str], known: bytes | None) -> None:
+    async def put_small(
+        self, key: str, data: bytes, meta: dict[str, str] | None = None, known: bytes | None = None
+    ) -> None:
         async def put(sha256: bool) -> None:
             sent = checksum(data, sha256, known)
             answer = await self._call(
@@ -306,7 +293,7 @@ class S3Tier:
                     Key=self._key(key),
                     Body=data,
                     ContentType=content_type(key),
-                    Metadata=meta,
+                    Metadata=meta or {},
                     **sent,
                 ),
                 WRITE_TIMEOUT,
@@ -314,6 +301,60 @@ class S3Tier:
             confirm(sent, answer)
 
         await self._checked(put)
+
+    async def _send_parts(self, key: str, staged: StagedObject, sha256: bool, meta: dict[str, str]) -> None:
+        """One multipart upload of the file: parts a few at once; a failed part cancels the others
+        and aborts the upload."""
+        where = {"Bucket": self.bucket, "Key": self._key(key)}
+        extra = {"ChecksumAlgorithm": "SHA256"} if sha256 else {}
+        created = await self._call(
+            "upload",
+            lambda: self._client.create_multipart_upload(
+                **where, ContentType=content_type(key), Metadata=meta, **extra
+            ),
+            WRITE_TIMEOUT,
+        )
+        upload_id = created["UploadId"]
+        chunk = part_size(staged.size)
+        slots = asyncio.Semaphore(PARALLEL_PARTS)
+        parts: dict[int, dict[str, Any]] = {}
+
+        async def send(number: int) -> None:
+            async with slots:
+                offset = (number - 1) * chunk
+                data = await asyncio.to_thread(read_range, staged.path, offset, min(chunk, staged.size - offset))
+                # Hashing 16 MiB takes long enough to leave the event loop for it.
+                sent = await asyncio.to_thread(checksum, data, sha256)
+                answer = await self._call(
+                    "upload",
+                    lambda: self._client.upload_part(**where, UploadId=upload_id, PartNumber=number, Body=data, **sent),
+                    WRITE_TIMEOUT,
+                )
+                confirm(sent, answer)
+                parts[number] = {"PartNumber": number, "ETag": answer["ETag"]}
+                if sha256:
+                    parts[number]["ChecksumSHA256"] = answer["ChecksumSHA256"]
+
+        try:
+            try:
+                async with asyncio.TaskGroup() as group:
+                    for number in range(1, math.ceil(staged.size / chunk) + 1):
+                        group.create_task(send(number))
+            except BaseExceptionGroup as failed:
+                raise failed.exceptions[0] from None
+            done = {"Parts": [parts[n] for n in sorted(parts)]}
+            await self._call(
+                "upload",
+                lambda: self._client.complete_multipart_upload(**where, UploadId=upload_id, MultipartUpload=done),
+                WRITE_TIMEOUT,
+            )
+        except BaseException:
+            # Best effort (the bucket's lifecycle rule is the backstop), even while being cancelled.
+            try:
+                await asyncio.shield(self._client.abort_multipart_upload(**where, UploadId=upload_id))
+            except Exception as exc:  # noqa: BLE001 - logged; the upload failed already
+                log.warning("S3 abort of the upload of %s failed: %s", where["Key"], exc)
+            raise
 
     async def _checked(self, upload: Callable[[bool], Awaitable[None]]) -> None:
         """Run an upload that S3 checks by SHA-256 (`upload(True)`); once the store turns out to

@@ -60,7 +60,7 @@ class TieredStore:
         try:
             source = await self.local.open(key, on_close=lambda: self._closed(key))
         except OSError as exc:
-            self._failed("disk", "open", key, exc)
+            self._failed("open", key, exc)
             return None
         if source is not None and self.index is not None:
             self.index.touch(key)
@@ -98,7 +98,7 @@ class TieredStore:
         try:
             data = await self.local.read_small(key)
         except OSError as exc:
-            self._failed("disk", "read", key, exc)
+            self._failed("read", key, exc)
             data = None
         if data is not None:
             if self.index is not None:
@@ -116,14 +116,14 @@ class TieredStore:
         if not await self._put_local(key, data):
             return False
         if self.replicator is not None:
-            self.replicator.enqueue(key)
+            await self.replicator.enqueue(key)
         return True
 
     async def _put_local(self, key: str, data: bytes) -> bool:
         try:
             await self.local.put_small(key, data)
         except OSError as exc:
-            self._failed("disk", "write", key, exc)
+            self._failed("write", key, exc)
             return False
         self._added(key, len(data))
         return True
@@ -136,10 +136,10 @@ class TieredStore:
         try:
             await self.local.commit(key, staged)
         except OSError as exc:
-            self._failed("disk", "commit", key, exc)
+            self._failed("commit", key, exc)
             return False
         if self.replicator is not None and replicate:
-            self.replicator.enqueue(key)
+            await self.replicator.enqueue(key)
         self._added(key, staged.size)
         return True
 
@@ -181,12 +181,12 @@ class TieredStore:
             try:
                 self.local.unlink(victim)
             except OSError as exc:
-                self._failed("disk", "evict", victim, exc)
+                self._failed("evict", victim, exc)
                 continue
             metrics.EVICTIONS.inc()
             log.debug("evicted %s from the local tier", victim)
 
     @staticmethod
-    def _failed(tier: str, op: str, key: str, exc: OSError) -> None:
-        metrics.TIER_ERRORS.labels(tier, op).inc()
-        log.warning("storage %s: %s %s failed: %s", tier, op, key, exc)
+    def _failed(op: str, key: str, exc: OSError) -> None:
+        metrics.TIER_ERRORS.labels("disk", op).inc()
+        log.warning("storage disk: %s %s failed: %s", op, key, exc)

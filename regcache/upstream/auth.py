@@ -126,9 +126,6 @@ class Authenticator:
             return None  # made from a token ECR has since replaced
         return header
 
-    def forget(self, registry: str, repo: str) -> None:
-        self._headers.pop((registry, repo), None)
-
     async def answer(
         self, registry: str, repo: str, creds: Credentials, challenge_header: str, rejected: str | None = None
     ) -> str | None:
@@ -142,7 +139,7 @@ class Authenticator:
         current = self.cached_header(registry, repo, creds)
         if current is not None and current != rejected:
             return current
-        self.forget(registry, repo)
+        self._headers.pop(key, None)
 
         async def fetch() -> str | None:
             header, lifetime = await self._answer(registry, repo, creds, challenge_header)

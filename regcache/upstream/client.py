@@ -80,12 +80,12 @@ class UpstreamResponse:
 class UpstreamClient:
     """Create it inside the running event loop, close it at shutdown."""
 
-    def __init__(self, settings: Settings, idle_timeout: float = 60.0, connect_timeout: float = 5.0) -> None:
+    def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._ca_bundle = combined_ca_bundle(settings.upstream_ca) if settings.upstream_ca else None
         # A thread per transfer in flight: every fill, and the small requests beside them.
         threads = settings.max_fills + 64
-        self._transport = CurlTransport(self._ca_bundle, connect_timeout, idle_timeout, threads)
+        self._transport = CurlTransport(self._ca_bundle, settings.upstream_idle_timeout, threads)
         self._auth = Authenticator(settings.creds, self._fetch_token)
         self.guard = AddressGuard(settings)
 
@@ -93,14 +93,6 @@ class UpstreamClient:
         self._transport.close()
         if self._ca_bundle:
             Path(self._ca_bundle).unlink(missing_ok=True)
-
-    def endpoint(self, registry: str) -> str:
-        return self._settings.endpoint(registry)
-
-    @property
-    def private_registries(self) -> frozenset[str]:
-        """Registries whose cached content is served only after the registry says yes."""
-        return self._settings.private_registries
 
     async def fetch(self, request: UpstreamRequest) -> UpstreamResponse:
         """The registry's final answer, its body held (up to the request's limit)."""
@@ -135,17 +127,15 @@ class UpstreamClient:
             metrics.OFFLINE_MISSES.labels(metrics.registry_label(request.registry), error.kind).inc()
             raise error
         self.guard.check_registry(request.registry)
-        base = self.endpoint(request.registry)
+        base = self._settings.endpoint(request.registry)
         url = base + request.path
-        endpoint_host = urllib.parse.urlsplit(base).netloc
-        creds = (
-            None
-            if request.client_authorization
-            else await self._auth.credentials(request.registry, endpoint_host, request.repo)
-        )
         authorization = request.client_authorization
-        if creds is not None:
-            authorization = self._auth.cached_header(request.registry, request.repo, creds)
+        creds = None
+        if not authorization:
+            endpoint_host = urllib.parse.urlsplit(base).netloc
+            creds = await self._auth.credentials(request.registry, endpoint_host, request.repo)
+            if creds is not None:
+                authorization = self._auth.cached_header(request.registry, request.repo, creds)
         progress = Progress(origin_of(url), url, request.method, has_credentials=creds is not None)
         while True:
             sent_auth = authorization if progress.same_origin else None

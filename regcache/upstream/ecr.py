@@ -136,12 +136,6 @@ class AwsEcrApi:
         return EcrToken(Credentials(username, password), expires_at)
 
 
-@dataclass
-class _Held:
-    credentials: Credentials
-    refresh_at: float
-
-
 class EcrCredentials:
     """ECR tokens by where they come from: cached, refreshed once for all waiters, paced on failure."""
 
@@ -154,16 +148,17 @@ class EcrCredentials:
         self._api = api or AwsEcrApi()
         self._clock = clock  # wall clock: expiresAt is one
         self._margin = refresh_margin
-        self._held: OrderedDict[EcrAuth, _Held] = OrderedDict()
+        # The credentials and when to ask for new ones, as the Authenticator keeps its headers.
+        self._held: OrderedDict[EcrAuth, tuple[Credentials, float]] = OrderedDict()
         self._failing: OrderedDict[EcrAuth, CircuitBreaker] = OrderedDict()
         self._refreshes: SingleFlight[EcrAuth, Credentials | None] = SingleFlight()
 
     async def credentials(self, registry: str, source: EcrAuth) -> Credentials | None:
         """The registry's Basic credentials, or None while ECR cannot give them."""
         now = self._clock()
-        held = self._held.get(source)
-        if held is not None and now < held.refresh_at:
-            return held.credentials
+        credentials, refresh_at = self._held.get(source, (None, 0.0))
+        if credentials is not None and now < refresh_at:
+            return credentials
         failing = self._failing.get(source)
         if failing is not None and not failing.available:
             return None
@@ -178,7 +173,7 @@ class EcrCredentials:
         metrics.ECR_TOKEN_REFRESHES.labels(metrics.registry_label(registry), "ok").inc()
         now = self._clock()
         refresh_at = max(token.expires_at - self._margin, now + MIN_TOKEN_USE)
-        self._held[source] = _Held(token.credentials, refresh_at)
+        self._held[source] = (token.credentials, refresh_at)
         self._held.move_to_end(source)
         while len(self._held) > MAX_SOURCES:
             self._held.popitem(last=False)

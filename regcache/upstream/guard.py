@@ -24,7 +24,7 @@ import socket
 import time
 import urllib.parse
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 
 from regcache.config import BUILTIN_UPSTREAMS, Settings
 from regcache.errors import BadRequest, UpstreamError
@@ -32,11 +32,6 @@ from regcache.errors import BadRequest, UpstreamError
 Resolver = Callable[[str, int], Awaitable[list[str]]]
 RESOLVE_TTL = 30.0
 MAX_RESOLVED = 1024
-
-
-def explicit_upstreams(upstreams: Mapping[str, str]) -> dict[str, str]:
-    """The entries an operator gave with --upstream (the built-in docker.io one is not)."""
-    return {ns: url for ns, url in upstreams.items() if BUILTIN_UPSTREAMS.get(ns) != url}
 
 
 def split_host(netloc: str) -> tuple[str, int | None]:
@@ -77,7 +72,8 @@ async def _getaddrinfo(host: str, port: int) -> list[str]:
 class AddressGuard:
     def __init__(self, settings: Settings, resolve: Resolver = _getaddrinfo) -> None:
         self._patterns = settings.allow_registries
-        explicit = explicit_upstreams(settings.upstreams)
+        # The entries an operator gave with --upstream (the built-in docker.io one is not).
+        explicit = {ns: url for ns, url in settings.upstreams.items() if BUILTIN_UPSTREAMS.get(ns) != url}
         self._named_registries = frozenset(explicit)
         hosts = {split_host(ns)[0] for ns in explicit}
         hosts |= {(urllib.parse.urlsplit(url).hostname or "").lower() for url in explicit.values()}

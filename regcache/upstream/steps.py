@@ -11,6 +11,8 @@ import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
+from regcache.upstream.proxy import origin_of
+
 REDIRECT_STATUSES = frozenset((301, 302, 303, 307, 308))
 MAX_REDIRECTS = 5
 
@@ -47,8 +49,7 @@ class Progress:
 
     @property
     def same_origin(self) -> bool:
-        parts = urllib.parse.urlsplit(self.url)
-        return f"{parts.scheme}://{parts.netloc}" == self.origin
+        return origin_of(self.url) == self.origin
 
     def after(self, step: Step) -> Progress:
         if isinstance(step, Follow):

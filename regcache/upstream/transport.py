@@ -35,6 +35,7 @@ CHUNK = 1 << 20
 # Chunks handed to the loop and not yet taken, before the receiving thread waits.
 IN_FLIGHT = 2
 RECEIVE_BUFFER = 256 * 1024
+CONNECT_TIMEOUT = 5.0
 # CURLOPT_SUPPRESS_CONNECT_HEADERS (libcurl 7.54+); not every pycurl build names it.
 SUPPRESS_CONNECT_HEADERS = getattr(pycurl, "SUPPRESS_CONNECT_HEADERS", 265)
 _END = b""
@@ -183,9 +184,8 @@ class Exchange:
 class CurlTransport:
     """Performs exchanges in its worker threads; create it in the loop, close it at shutdown."""
 
-    def __init__(self, ca_bundle: str | None, connect_timeout: float, idle_timeout: float, threads: int) -> None:
+    def __init__(self, ca_bundle: str | None, idle_timeout: float, threads: int) -> None:
         self._ca_bundle = ca_bundle
-        self._connect_timeout = connect_timeout
         self._idle_timeout = idle_timeout
         self._threads = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="regcache-upstream")
         self._idle: list[pycurl.Curl] = []
@@ -253,7 +253,7 @@ class CurlTransport:
         curl.setopt(pycurl.PROTOCOLS, pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS)
         curl.setopt(pycurl.FOLLOWLOCATION, 0)  # followed by the client, never with credentials
         curl.setopt(pycurl.NOSIGNAL, 1)
-        curl.setopt(pycurl.CONNECTTIMEOUT_MS, int(1000 * self._connect_timeout))
+        curl.setopt(pycurl.CONNECTTIMEOUT_MS, int(1000 * CONNECT_TIMEOUT))
         # Abandoned when no byte arrives for the idle timeout (averaged by curl over a few seconds).
         curl.setopt(pycurl.LOW_SPEED_LIMIT, 1)
         curl.setopt(pycurl.LOW_SPEED_TIME, max(1, int(self._idle_timeout)))

@@ -109,18 +109,14 @@ async def serve(settings: Settings, ready: asyncio.Future[int] | None = None) ->
 
 async def _serve(settings: Settings, store: TieredStore, ready: asyncio.Future[int] | None) -> None:
     root = settings.cache_dir
-    upstream = UpstreamClient(settings, idle_timeout=settings.upstream_idle_timeout)
+    upstream = UpstreamClient(settings)
     fills = FillMap(settings.max_fills, settings.max_fill_clients)
     tracker = RequestTracker()
-
-    def redirect(registry: str) -> bool:
-        # Private content is served only to clients whose credentials were checked.
-        return settings.s3_redirect and registry not in settings.private_registries
 
     health = StorageHealth()
     policy = Policy.from_settings(settings)
     services = Services(
-        blobs=BlobService(store, upstream, fills, root, health, redirect, policy),
+        blobs=BlobService(store, upstream, fills, root, health, settings.s3_redirect, policy),
         manifests=ManifestService(store, upstream, policy),
         lists=ListService(store, upstream, policy),
         disk=store.local,

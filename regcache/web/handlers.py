@@ -10,7 +10,7 @@ import logging
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from tornado.web import HTTPError, RequestHandler
+from tornado.web import HTTPError
 
 from regcache import metrics
 from regcache.cache.blobs import Body, Redirect, UpstreamAnswer
@@ -19,7 +19,6 @@ from regcache.cache.manifests import upstream_unavailable
 from regcache.cache.ranges import ByteRange, RangeSpec, Unsatisfiable, honoured_range
 from regcache.errors import RegcacheError
 from regcache.oci import mediatypes
-from regcache.oci.digest import Digest
 from regcache.oci.reference import parse_blob_ref, parse_manifest_ref
 from regcache.upstream.client import UpstreamResponse
 from regcache.web.errors import error_body, error_for
@@ -131,7 +130,13 @@ class BaseHandler(BodyWriter):
         The registry's Retry-After goes in the error body, not in a header a client would obey.
         """
         if upstream_unavailable(response.status):
-            self.unavailable(response)
+            retry_after = response.headers.get("Retry-After")
+            detail: dict[str, object] = {"upstream_status": response.status}
+            message = f"upstream {self.registry} answered {response.status}"
+            if retry_after:
+                detail["retry_after"] = retry_after[:100]
+                message += f" (Retry-After: {retry_after[:100]})"
+            self.fail(503, "UNAVAILABLE", message + "; fetch from the registry itself", detail)
             return
         self.set_status(response.status)
         self.clear_header("Content-Type")
@@ -153,31 +158,20 @@ class BaseHandler(BodyWriter):
                 self.set_header("Content-Length", length)
             self.finish()
 
-    def unavailable(self, response: UpstreamResponse) -> None:
-        retry_after = response.headers.get("Retry-After")
-        detail: dict[str, object] = {"upstream_status": response.status}
-        message = f"upstream {self.registry} answered {response.status}"
-        if retry_after:
-            detail["retry_after"] = retry_after[:100]
-            message += f" (Retry-After: {retry_after[:100]})"
-        self.fail(503, "UNAVAILABLE", message + "; fetch from the registry itself", detail)
-
 
 class PingHandler(BaseHandler):
     async def get(self) -> None:
         self.set_header("Content-Type", "application/json")
-        self.finish(b"{}")
+        self.finish(b"{}")  # a HEAD is told its Content-Length; Tornado sends no body
 
-    async def head(self) -> None:
-        self.set_header("Content-Type", "application/json")
-        self.set_header("Content-Length", "2")
-        self.finish()
+    head = get
 
 
 class ManifestHandler(BaseHandler):
     kind = "manifest"
 
-    async def get(self, name: str, reference: str, include_body: bool = True) -> None:
+    async def get(self, name: str, reference: str) -> None:
+        include_body = self.request.method != "HEAD"
         origin = self.routed(name)
         ref = parse_manifest_ref(origin.registry, origin.repo, reference)
         answer = await self.services.manifests.get(ref, self.client_context())
@@ -195,8 +189,7 @@ class ManifestHandler(BaseHandler):
             metrics.SERVED_BYTES.labels("disk" if answer.result == "hit" else "upstream").inc(len(manifest.body))
         self.finish(manifest.body if include_body else None)
 
-    async def head(self, name: str, reference: str) -> None:
-        await self.get(name, reference, include_body=False)
+    head = get
 
 
 class BlobHandler(BaseHandler):
@@ -205,15 +198,17 @@ class BlobHandler(BaseHandler):
     async def get(self, name: str, digest: str) -> None:
         origin = self.routed(name)
         ref = parse_blob_ref(origin.registry, origin.repo, digest)
+        headers = self.request.headers
+        wanted = honoured_range(headers.get("Range"), headers.get("If-Range"), f'"{ref.digest}"')
         answer: Body | Redirect | UpstreamAnswer
         if self.request.method == "HEAD":
             answer = await self.services.blobs.head(ref, self.client_context())
         else:
-            answer = await self.services.blobs.get(ref, self.client_context(), self._wanted(ref.digest))
+            answer = await self.services.blobs.get(ref, self.client_context(), wanted)
         match answer:
             case Body():
                 try:
-                    await self._send_body(answer)
+                    await self._send_body(answer, wanted)
                 finally:
                     await answer.aclose()
             case Redirect(url=url):
@@ -233,11 +228,7 @@ class BlobHandler(BaseHandler):
 
     head = get
 
-    def _wanted(self, digest: Digest) -> RangeSpec | None:
-        headers = self.request.headers
-        return honoured_range(headers.get("Range"), headers.get("If-Range"), f'"{digest}"')
-
-    async def _send_body(self, body: Body) -> None:
+    async def _send_body(self, body: Body, wanted: RangeSpec | None) -> None:
         """Every source answers a range alike (stored, in flight, S3, a pass-through, a HEAD):
         containerd 2.1+ fetches a layer in parallel only when `bytes=0-` gets a 206."""
         self.count(body.result)
@@ -247,7 +238,7 @@ class BlobHandler(BaseHandler):
         self.set_header("Accept-Ranges", "bytes")
         start, end = 0, body.size
         if body.size is not None:
-            byte_range = self._select_range(self._wanted(body.digest), body.size)
+            byte_range = self._select_range(wanted, body.size)
             if byte_range is None:
                 return  # 416 sent
             start, end = byte_range.start, byte_range.end
@@ -314,7 +305,7 @@ class NotFoundHandler(BaseHandler):
         raise HTTPError(404, "no such endpoint: %s", self.request.path)
 
 
-def log_request(handler: RequestHandler) -> None:
+def log_request(handler: BaseHandler) -> None:
     """One INFO line per request: what, for which registry, how it ended, from where it came."""
     status = handler.get_status()
     duration = 1000.0 * handler.request.request_time()
@@ -328,10 +319,10 @@ def log_request(handler: RequestHandler) -> None:
         "%s %s ns=%s status=%d%s bytes=%d cache=%s %.1fms",
         handler.request.method,
         handler.request.path,
-        getattr(handler, "registry", "-"),
+        handler.registry,
         status,
-        " (aborted)" if getattr(handler, "aborted", False) else "",
-        getattr(handler, "body_bytes", 0),
-        getattr(handler, "cache_result", "-"),
+        " (aborted)" if handler.aborted else "",
+        handler.body_bytes,
+        handler.cache_result,
         duration,
     )

@@ -93,7 +93,7 @@ class Committed:
 
     async def __call__(self, spool: Spool, origin: str) -> bool:
         self.calls += 1
-        os.replace(spool.path, self.target)
+        os.replace(spool.staging.path, self.target)
         return True
 
 

@@ -9,7 +9,6 @@ interrupted.
 from __future__ import annotations
 
 import sys
-import threading
 import time
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
@@ -21,17 +20,13 @@ from regcache.commands.prefetch.client import CacheClient, PrefetchError
 from regcache.commands.prefetch.report import Progress, summary_table, totals_line
 from regcache.commands.prefetch.walk import ImageState, Prefetcher
 from regcache.config import OPTIONS
-from regcache.errors import BadRequest
+from regcache.errors import BadRequest, ConfigError
 from regcache.oci.platforms import Platform
 from regcache.oci.reference import ImageReference, parse_image_reference
 
 # Images walked at once; their blobs share the --jobs pool.
 IMAGES_AT_ONCE = 4
 REDRAW_EVERY = 0.2
-
-
-class UsageError(Exception):
-    """A bad command line, reference, platform or images file: exit 2 with this one line."""
 
 
 def build_parser() -> configargparse.ArgumentParser:
@@ -78,18 +73,18 @@ def cache_url(via: str | None, host: str, port: str) -> str:
     reached on loopback)."""
     if via is None:
         if not port.isdigit() or not 0 < int(port) < 65536:
-            raise UsageError(f"--port {port!r}: not a port number; give the cache with --via URL")
+            raise ConfigError(f"--port {port!r}: not a port number; give the cache with --via URL")
         shown = "127.0.0.1" if host in ("", "0.0.0.0", "::", "[::]") else host
         if ":" in shown and not shown.startswith("["):
             shown = f"[{shown}]"
         return f"http://{shown}:{port}"
     parts = urllib.parse.urlsplit(via.strip())
     if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
-        raise UsageError(f"--via {via!r}: expected http://host:port or https://host:port")
+        raise ConfigError(f"--via {via!r}: expected http://host:port or https://host:port")
     try:
         parts.port  # noqa: B018 - raises on a bad port
     except ValueError:
-        raise UsageError(f"--via {via!r}: bad port") from None
+        raise ConfigError(f"--via {via!r}: bad port") from None
     return f"{parts.scheme}://{parts.netloc}"
 
 
@@ -103,7 +98,7 @@ def parse_platforms(values: list[str]) -> list[Platform] | None:
     try:
         return list(dict.fromkeys(Platform.parse(name) for name in names))
     except BadRequest as exc:
-        raise UsageError(f"--platform: {exc.message}") from None
+        raise ConfigError(f"--platform: {exc.message}") from None
 
 
 def read_references(images: list[str], files: list[str]) -> list[ImageReference]:
@@ -113,7 +108,7 @@ def read_references(images: list[str], files: list[str]) -> list[ImageReference]
         try:
             text = sys.stdin.read() if name == "-" else Path(name).read_text()
         except OSError as exc:
-            raise UsageError(f"-f {name}: cannot read: {exc.strerror}") from None
+            raise ConfigError(f"-f {name}: cannot read: {exc.strerror}") from None
         for number, line in enumerate(text.splitlines(), 1):
             entry = line.split("#", 1)[0].strip()
             if entry:
@@ -123,11 +118,11 @@ def read_references(images: list[str], files: list[str]) -> list[ImageReference]
         try:
             reference = parse_image_reference(text)
         except BadRequest as exc:
-            raise UsageError(f"{where}{exc.message}") from None
+            raise ConfigError(f"{where}{exc.message}") from None
         if reference not in references:
             references.append(reference)
     if not references:
-        raise UsageError("no image given: name images, or a file of them with -f")
+        raise ConfigError("no image given: name images, or a file of them with -f")
     return references
 
 
@@ -139,11 +134,10 @@ def main(argv: list[str]) -> int:
         platforms = parse_platforms(args.platform)
         via = cache_url(args.via, args.host, args.port)
         if args.jobs < 1 or args.timeout <= 0:
-            raise UsageError("--jobs must be at least 1 and --timeout positive")
-    except UsageError as exc:
+            raise ConfigError("--jobs must be at least 1 and --timeout positive")
+    except ConfigError as exc:
         parser.exit(2, f"regcache prefetch: error: {exc}\n")
-    cancelled = threading.Event()
-    client = CacheClient(via, args.timeout, cancelled)
+    client = CacheClient(via, args.timeout)
     try:
         client.ping()
     except PrefetchError as exc:
@@ -151,7 +145,7 @@ def main(argv: list[str]) -> int:
         return 1
     states = [ImageState(reference) for reference in references]
     try:
-        run(client, states, platforms, args.jobs, cancelled)
+        run(client, states, platforms, args.jobs)
     except KeyboardInterrupt:
         sys.stderr.write("regcache prefetch: interrupted\n")
         return 130
@@ -160,16 +154,10 @@ def main(argv: list[str]) -> int:
     return 1 if any(state.phase == "failed" for state in states) else 0
 
 
-def run(
-    client: CacheClient,
-    states: list[ImageState],
-    platforms: list[Platform] | None,
-    jobs: int,
-    cancelled: threading.Event,
-) -> None:
+def run(client: CacheClient, states: list[ImageState], platforms: list[Platform] | None, jobs: int) -> None:
     """Walk every image, drawing progress on stderr until all have finished."""
     progress = Progress(sys.stderr, live=sys.stderr.isatty())
-    prefetcher = Prefetcher(client, platforms, jobs, cancelled)
+    prefetcher = Prefetcher(client, platforms, jobs)
     images = ThreadPoolExecutor(max_workers=min(IMAGES_AT_ONCE, len(states)), thread_name_prefix="prefetch-image")
     try:
         walks = [images.submit(prefetcher.pull, state) for state in states]
@@ -178,7 +166,7 @@ def run(
             time.sleep(REDRAW_EVERY)
         progress.update(states)
     except BaseException:
-        cancelled.set()  # the threads stop at their next chunk
+        client.cancelled.set()  # the threads stop at their next chunk
         raise
     finally:
         images.shutdown(wait=True, cancel_futures=True)

@@ -71,16 +71,16 @@ class Answer:
 class CacheClient:
     """A regcache at `via` (http:// or https://host[:port]), asked with `?ns=<registry>`."""
 
-    def __init__(self, via: str, idle_timeout: float, cancelled: threading.Event) -> None:
+    def __init__(self, via: str, idle_timeout: float) -> None:
         parts = urllib.parse.urlsplit(via)
         self.via = via
         self._https = parts.scheme == "https"
         self._host = parts.hostname or "127.0.0.1"
         self._port = parts.port or (443 if self._https else 80)
         self._timeout = idle_timeout
-        self._cancelled = cancelled
-        self._tokens: dict[tuple[str, str], str] = {}  # (registry, repo) → Authorization
-        self._tokens_lock = threading.Lock()
+        self.cancelled = threading.Event()  # set: every request stops at its next chunk
+        # (registry, repo) → Authorization; the walk's threads each get or set one entry, which a dict does atomically.
+        self._tokens: dict[tuple[str, str], str] = {}
 
     def ping(self) -> None:
         """PrefetchError unless a registry API answers at `via` (GET /v2/ as containerd does)."""
@@ -88,9 +88,9 @@ class CacheClient:
         if answer.headers.get("Docker-Distribution-Api-Version") is None:
             raise PrefetchError(f"{self.via} is not a registry mirror (GET /v2/ answered {answer.status})")
 
-    def manifest(self, registry: str, repo: str, reference: str, method: str = "GET", accept: str = "") -> Answer:
-        """A manifest, whole (they are 4 MiB at most)."""
-        headers = {"Accept": accept or MANIFEST_ACCEPT}
+    def manifest(self, registry: str, repo: str, reference: str, method: str = "GET", media_type: str = "") -> Answer:
+        """A manifest, whole (they are 4 MiB at most); of `media_type` when an index named it."""
+        headers = {"Accept": f"{media_type}, */*" if media_type else MANIFEST_ACCEPT}
         return self._request(method, f"/v2/{repo}/manifests/{reference}", headers, registry, keep=4 << 20)
 
     def drain_blob(
@@ -120,8 +120,7 @@ class CacheClient:
         """The answer, after fetching an anonymous token once when the registry asked for one."""
         repo = path.removeprefix("/v2/").rsplit("/", 2)[0]
         key = (registry or "", repo)
-        with self._tokens_lock:
-            known = self._tokens.get(key)
+        known = self._tokens.get(key)
         sent = {**headers, "Authorization": known} if known else headers
         answer = self._exchange(method, path, sent, registry, keep, on_received)
         if answer.status != 401 or registry is None:
@@ -129,8 +128,7 @@ class CacheClient:
         authorization = self._anonymous_token(answer, repo)
         if authorization is None:
             return answer
-        with self._tokens_lock:
-            self._tokens[key] = authorization
+        self._tokens[key] = authorization
         return self._exchange(method, path, {**headers, "Authorization": authorization}, registry, keep, on_received)
 
     def _anonymous_token(self, answer: Answer, repo: str) -> str | None:
@@ -162,7 +160,7 @@ class CacheClient:
         keep: int,
         on_received: Callable[[int], None] | None,
     ) -> Answer:
-        if self._cancelled.is_set():
+        if self.cancelled.is_set():
             raise PrefetchError("interrupted")
         query = f"?ns={urllib.parse.quote(registry, safe=':[]')}" if registry else ""
         connection_class = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
@@ -183,7 +181,7 @@ class CacheClient:
                     on_received(received)
                 if len(body) < limit:
                     body += chunk[: limit - len(body)]
-                if self._cancelled.is_set():
+                if self.cancelled.is_set():
                     raise PrefetchError("interrupted")
             return Answer(response.status, response.headers, bytes(body), received)
         except TimeoutError:

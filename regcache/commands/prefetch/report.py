@@ -54,6 +54,7 @@ class Progress:
 
     def update(self, states: Sequence[ImageState]) -> None:
         finished = [s for s in states if s.finished and id(s) not in self._reported]
+        self._reported.update(id(s) for s in finished)
         if not self._live:
             # A log gets two lines an image: what it resolved to, and how it ended.
             for state in states:
@@ -62,7 +63,6 @@ class Progress:
                     self._started.add(id(state))
                     self._stream.write(resolved_line(state) + "\n")
             for state in finished:
-                self._reported.add(id(state))
                 self._stream.write(progress_line(state) + "\n")
             self._stream.flush()
             return
@@ -71,7 +71,6 @@ class Progress:
         if self._drawn:
             out.append(f"\x1b[{self._drawn}F")  # to the start of the first line drawn last time
         for state in finished:
-            self._reported.add(id(state))
             out.append("\x1b[2K" + progress_line(state) + "\n")
         running = [s for s in states if not s.finished and s.phase != "waiting"]
         for state in running:

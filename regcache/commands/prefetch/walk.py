@@ -73,12 +73,9 @@ class ImageState:
 class Prefetcher:
     """Walks images through the cache; `platforms` None means every platform of an index."""
 
-    def __init__(
-        self, client: CacheClient, platforms: list[Platform] | None, jobs: int, cancelled: threading.Event
-    ) -> None:
+    def __init__(self, client: CacheClient, platforms: list[Platform] | None, jobs: int) -> None:
         self._client = client
         self._platforms = platforms
-        self._cancelled = cancelled
         self._pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="prefetch-blob")
         self._lock = threading.Lock()
         self._fetches: dict[tuple[str, str], tuple[BlobState, Future[None]]] = {}
@@ -90,13 +87,11 @@ class Prefetcher:
         """Walk one image; failures end up in `state.error`, never raised."""
         try:
             self._pull(state)
-            state.phase = "done"
         except PrefetchError as exc:
             state.error = str(exc)
-            state.phase = "failed"
         except Exception as exc:  # noqa: BLE001 - a thread's boundary: the image fails, the run goes on
             state.error = f"internal error: {type(exc).__name__}: {exc}"
-            state.phase = "failed"
+        state.phase = "done" if state.error is None else "failed"
 
     def _pull(self, state: ImageState) -> None:
         state.phase = "resolving"
@@ -113,8 +108,7 @@ class Prefetcher:
             except PrefetchError as exc:
                 errors.append(str(exc))
         if not state.platforms:
-            platform = _config_platform(state)
-            state.platforms = [platform] if platform else []
+            state.platforms = _config_platform(state)
         if errors:
             raise PrefetchError(errors[0] if len(errors) == 1 else f"{errors[0]} (and {len(errors) - 1} more)")
         if missing:
@@ -135,12 +129,9 @@ class Prefetcher:
             raise PrefetchError(self._client.manifest(ref.registry, ref.repo, ref.reference).reason())
         if ref.tag is not None:
             state.tag_cache = head.cache_result
-        announced = head.headers.get("Docker-Content-Digest")
-        media_type = _media_type(head)
-        if ref.digest is not None:
-            return str(ref.digest), media_type
-        if announced:
-            return announced, media_type
+        digest = str(ref.digest) if ref.digest is not None else head.headers.get("Docker-Content-Digest")
+        if digest:
+            return digest, _media_type(head)
         got = self._client.manifest(ref.registry, ref.repo, ref.reference)
         if not got.ok:
             raise PrefetchError(got.reason())
@@ -157,8 +148,7 @@ class Prefetcher:
         """Fetch a manifest by digest and what it names; what is missing (a platform asked for
         that an index lacks) comes back in words."""
         ref = state.reference
-        accept = f"{media_type}, */*" if media_type else ""
-        answer = self._client.manifest(ref.registry, ref.repo, digest, accept=accept)
+        answer = self._client.manifest(ref.registry, ref.repo, digest, media_type=media_type)
         if not answer.ok:
             raise PrefetchError(f"manifest {digest}: {answer.reason()}")
         if str(Digest.of(answer.body)) != digest:
@@ -241,8 +231,8 @@ class Prefetcher:
         blob.done = True
 
 
-def _config_platform(state: ImageState) -> str | None:
-    """A single-platform image's platform, from its config (None when it does not say)."""
+def _config_platform(state: ImageState) -> list[str]:
+    """A single-platform image's platform, from its config (none when it does not say)."""
     for blob in state.blobs.values():
         if blob.body:
             try:
@@ -253,8 +243,8 @@ def _config_platform(state: ImageState) -> str | None:
                 platform = Platform.normalised(
                     str(config.get("os") or "linux"), config["architecture"], str(config.get("variant") or "")
                 )
-                return str(platform)
-    return None
+                return [str(platform)]
+    return []
 
 
 def _media_type(answer: Answer) -> str:
