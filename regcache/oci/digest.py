@@ -32,9 +32,12 @@ class Digest:
 
     @classmethod
     def parse_or_none(cls, text: object) -> Digest | None:
-        """A digest read from a stored object or an upstream's header; None when it is not one."""
+        """A digest read from a stored object or an upstream's header; None when it is not one
+        (absent, not a string, or not a digest)."""
+        if not isinstance(text, str):
+            return None
         try:
-            return cls.parse(str(text))
+            return cls.parse(text)
         except BadRequest:
             return None
 
