@@ -83,7 +83,8 @@ class BaseHandler(BodyWriter):
         super().log_exception(typ, value, tb)
 
     def finish(self, chunk: Any = None) -> Any:
-        if isinstance(chunk, bytes) and not self.body_bytes:
+        # A HEAD's body is never sent (Tornado drops it): the log line counts what went out.
+        if isinstance(chunk, bytes) and not self.body_bytes and self.request.method != "HEAD":
             self.body_bytes = len(chunk)
         return super().finish(chunk)
 

@@ -305,3 +305,15 @@ def test_one_log_line_per_request_with_its_fields(cache, upstream):
     lines = lines()
     assert f"ns={upstream.ns}" in lines[0] and "status=200" in lines[0] and "cache=miss" in lines[0]
     assert f"bytes={len(upstream.app.config_bytes)}" in lines[1]
+
+
+def test_a_head_logs_no_body_bytes_even_for_an_answer_tornado_would_have_had_a_body(cache, upstream):
+    assert cache.get("/v2/", None, method="HEAD").status == 200
+    refused = cache.get(f"/v2/{REPO}/manifests/1.0", None, method="HEAD")  # no ns: a 400 with a JSON body
+    assert refused.status == 400 and refused.header("Content-Length") not in (None, "0")
+
+    def lines():
+        return [line for line in cache.log().splitlines() if "regcache.access" in line and "HEAD /v2/" in line]
+
+    assert wait_until(lambda: len(lines()) == 2, timeout=5), lines()
+    assert all(" bytes=0 " in line for line in lines()), lines()
